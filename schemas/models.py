@@ -1,0 +1,19 @@
+"""``GET /v1/models``: the model list."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from schemas.chat import Wire
+
+
+class Model(Wire):
+    id: str
+    created: int
+    object: Literal["model"]
+    owned_by: str
+
+
+class ModelList(Wire):
+    object: Literal["list"]
+    data: list[Model]
