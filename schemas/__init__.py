@@ -41,13 +41,13 @@ from schemas.chat import (
     Usage,
     UserMessage,
 )
+from schemas.models import Model, ModelList
 from schemas.moderations import (
     OMNI_CATEGORIES,
     ModerationCategoriesResult,
     ModerationCreateRequest,
     ModerationCreateResponse,
 )
-from schemas.models import Model, ModelList
 from schemas.topics import (
     REASON_KINDS,
     ApiFailure,

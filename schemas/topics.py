@@ -148,9 +148,7 @@ class InvalidJob(Wire, tag_field="kind", tag="invalid_job"):
 
 
 Reason = Flagged | ModerationFailed | ModerationMissing | ContentFiltered | ApiFailure | InvalidJob
-ReasonKind = Literal[
-    "flagged", "moderation_error", "moderation_missing", "content_filter", "api_error", "invalid_job"
-]
+ReasonKind = Literal["flagged", "moderation_error", "moderation_missing", "content_filter", "api_error", "invalid_job"]
 REASON_KINDS: Final[tuple[ReasonKind, ...]] = (
     "flagged",
     "moderation_error",
