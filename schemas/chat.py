@@ -18,7 +18,10 @@ import msgspec
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Base of every wire Struct: immutable, keyword-only, ``None``/default fields left out on encode."""
+    """Base of every wire Struct: immutable, keyword-only, ``None``/default fields left out on encode.
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it, but mypy's dataclass_transform does not.
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -28,48 +31,48 @@ class Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 ImageDetail = Literal["auto", "low", "high", "original"]
 
 
-class PromptCacheBreakpoint(Wire):
+class PromptCacheBreakpoint(Wire, frozen=True):
     mode: Literal["explicit"]
     ttl: str | None = None
 
 
-class TextPart(Wire, tag_field="type", tag="text"):
+class TextPart(Wire, frozen=True, tag_field="type", tag="text"):
     text: str
     prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
-class ImageUrl(Wire):
+class ImageUrl(Wire, frozen=True):
     url: str
     detail: ImageDetail | None = None
 
 
-class ImageUrlPart(Wire, tag_field="type", tag="image_url"):
+class ImageUrlPart(Wire, frozen=True, tag_field="type", tag="image_url"):
     image_url: ImageUrl
     prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
-class InputAudio(Wire):
+class InputAudio(Wire, frozen=True):
     data: str
     format: Literal["wav", "mp3"]
 
 
-class InputAudioPart(Wire, tag_field="type", tag="input_audio"):
+class InputAudioPart(Wire, frozen=True, tag_field="type", tag="input_audio"):
     input_audio: InputAudio
     prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
-class FileRef(Wire):
+class FileRef(Wire, frozen=True):
     file_data: str | None = None
     file_id: str | None = None
     filename: str | None = None
 
 
-class FilePart(Wire, tag_field="type", tag="file"):
+class FilePart(Wire, frozen=True, tag_field="type", tag="file"):
     file: FileRef
     prompt_cache_breakpoint: PromptCacheBreakpoint | None = None
 
 
-class RefusalPart(Wire, tag_field="type", tag="refusal"):
+class RefusalPart(Wire, frozen=True, tag_field="type", tag="refusal"):
     refusal: str
 
 
@@ -77,24 +80,24 @@ UserContentPart = TextPart | ImageUrlPart | InputAudioPart | FilePart
 AssistantContentPart = TextPart | RefusalPart
 
 
-class FunctionCall(Wire):
+class FunctionCall(Wire, frozen=True):
     """A function name and its JSON-encoded arguments (tool calls and the deprecated ``function_call``)."""
 
     name: str
     arguments: str
 
 
-class CustomCall(Wire):
+class CustomCall(Wire, frozen=True):
     name: str
     input: str
 
 
-class FunctionToolCall(Wire, tag_field="type", tag="function"):
+class FunctionToolCall(Wire, frozen=True, tag_field="type", tag="function"):
     id: str
     function: FunctionCall
 
 
-class CustomToolCall(Wire, tag_field="type", tag="custom"):
+class CustomToolCall(Wire, frozen=True, tag_field="type", tag="custom"):
     id: str
     custom: CustomCall
 
@@ -102,26 +105,26 @@ class CustomToolCall(Wire, tag_field="type", tag="custom"):
 ToolCall = FunctionToolCall | CustomToolCall
 
 
-class AudioRef(Wire):
+class AudioRef(Wire, frozen=True):
     id: str
 
 
-class SystemMessage(Wire, tag_field="role", tag="system"):
+class SystemMessage(Wire, frozen=True, tag_field="role", tag="system"):
     content: str | list[TextPart]
     name: str | None = None
 
 
-class DeveloperMessage(Wire, tag_field="role", tag="developer"):
+class DeveloperMessage(Wire, frozen=True, tag_field="role", tag="developer"):
     content: str | list[TextPart]
     name: str | None = None
 
 
-class UserMessage(Wire, tag_field="role", tag="user"):
+class UserMessage(Wire, frozen=True, tag_field="role", tag="user"):
     content: str | list[UserContentPart]
     name: str | None = None
 
 
-class AssistantMessage(Wire, tag_field="role", tag="assistant"):
+class AssistantMessage(Wire, frozen=True, tag_field="role", tag="assistant"):
     content: str | list[AssistantContentPart] | None = None
     refusal: str | None = None
     name: str | None = None
@@ -130,12 +133,12 @@ class AssistantMessage(Wire, tag_field="role", tag="assistant"):
     function_call: FunctionCall | None = None
 
 
-class ToolMessage(Wire, tag_field="role", tag="tool"):
+class ToolMessage(Wire, frozen=True, tag_field="role", tag="tool"):
     content: str | list[TextPart]
     tool_call_id: str
 
 
-class FunctionMessage(Wire, tag_field="role", tag="function"):
+class FunctionMessage(Wire, frozen=True, tag_field="role", tag="function"):
     """Deprecated by the API in favour of tool messages; kept so old conversations still decode."""
 
     content: str | None
@@ -150,100 +153,100 @@ Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | To
 # --------------------------------------------------------------------------------------------------
 
 
-class FunctionDefinition(Wire):
+class FunctionDefinition(Wire, frozen=True):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class FunctionTool(Wire, tag_field="type", tag="function"):
+class FunctionTool(Wire, frozen=True, tag_field="type", tag="function"):
     function: FunctionDefinition
 
 
-class CustomToolDefinition(Wire):
+class CustomToolDefinition(Wire, frozen=True):
     name: str
     description: str | None = None
     format: dict[str, Any] | None = None
 
 
-class CustomTool(Wire, tag_field="type", tag="custom"):
+class CustomTool(Wire, frozen=True, tag_field="type", tag="custom"):
     custom: CustomToolDefinition
 
 
 Tool = FunctionTool | CustomTool
 
 
-class ToolName(Wire):
+class ToolName(Wire, frozen=True):
     name: str
 
 
-class NamedToolChoice(Wire, tag_field="type", tag="function"):
+class NamedToolChoice(Wire, frozen=True, tag_field="type", tag="function"):
     function: ToolName
 
 
-class NamedCustomToolChoice(Wire, tag_field="type", tag="custom"):
+class NamedCustomToolChoice(Wire, frozen=True, tag_field="type", tag="custom"):
     custom: ToolName
 
 
-class AllowedTools(Wire):
+class AllowedTools(Wire, frozen=True):
     mode: Literal["auto", "required"]
     tools: list[dict[str, Any]]
 
 
-class AllowedToolsChoice(Wire, tag_field="type", tag="allowed_tools"):
+class AllowedToolsChoice(Wire, frozen=True, tag_field="type", tag="allowed_tools"):
     allowed_tools: AllowedTools
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice
 
 
-class ResponseFormatText(Wire, tag_field="type", tag="text"):
+class ResponseFormatText(Wire, frozen=True, tag_field="type", tag="text"):
     pass
 
 
-class ResponseFormatJsonObject(Wire, tag_field="type", tag="json_object"):
+class ResponseFormatJsonObject(Wire, frozen=True, tag_field="type", tag="json_object"):
     pass
 
 
-class JsonSchemaSpec(Wire):
+class JsonSchemaSpec(Wire, frozen=True):
     name: str
     description: str | None = None
     schema: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ResponseFormatJsonSchema(Wire, tag_field="type", tag="json_schema"):
+class ResponseFormatJsonSchema(Wire, frozen=True, tag_field="type", tag="json_schema"):
     json_schema: JsonSchemaSpec
 
 
 ResponseFormat = ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
 
 
-class StreamOptions(Wire):
+class StreamOptions(Wire, frozen=True):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
 
 
-class AudioParams(Wire):
+class AudioParams(Wire, frozen=True):
     format: str
     voice: str | dict[str, Any]
 
 
-class PredictionContent(Wire, tag_field="type", tag="content"):
+class PredictionContent(Wire, frozen=True, tag_field="type", tag="content"):
     content: str | list[TextPart]
 
 
-class ModerationPolicySide(Wire):
+class ModerationPolicySide(Wire, frozen=True):
     mode: Literal["score", "block"]
 
 
-class ModerationPolicy(Wire):
+class ModerationPolicy(Wire, frozen=True):
     input: ModerationPolicySide | None = None
     output: ModerationPolicySide | None = None
 
 
-class ModerationParams(Wire):
+class ModerationParams(Wire, frozen=True):
     """The request's ``moderation`` parameter: which moderation model runs on input and output."""
 
     model: str
@@ -255,7 +258,7 @@ ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 Metadata = dict[str, str]
 
 
-class SamplingParams(Wire):
+class SamplingParams(Wire, frozen=True):
     """The request parameters a job may set; shared by the request and the Job contract's ``params``."""
 
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
@@ -288,7 +291,7 @@ class SamplingParams(Wire):
     web_search_options: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(SamplingParams, kw_only=True):
+class ChatCompletionRequest(SamplingParams, frozen=True, kw_only=True):
     """The body of ``POST /v1/chat/completions``."""
 
     model: str
@@ -306,7 +309,7 @@ class ChatCompletionRequest(SamplingParams, kw_only=True):
 InputType = Literal["text", "image"]
 
 
-class ModerationResult(Wire, tag_field="type", tag="moderation_result"):
+class ModerationResult(Wire, frozen=True, tag_field="type", tag="moderation_result"):
     """One moderation result: flags, scores and the modalities each score reflects, per category."""
 
     categories: dict[str, bool]
@@ -316,14 +319,14 @@ class ModerationResult(Wire, tag_field="type", tag="moderation_result"):
     model: str
 
 
-class ModerationResults(Wire, tag_field="type", tag="moderation_results"):
+class ModerationResults(Wire, frozen=True, tag_field="type", tag="moderation_results"):
     """Moderation ran: the results for one side (input or output)."""
 
     model: str
     results: list[ModerationResult]
 
 
-class ModerationError(Wire, tag_field="type", tag="error"):
+class ModerationError(Wire, frozen=True, tag_field="type", tag="error"):
     """Moderation could not run for one side; the completion itself may still have been produced."""
 
     code: str
@@ -333,7 +336,7 @@ class ModerationError(Wire, tag_field="type", tag="error"):
 ModerationOutcome = ModerationResults | ModerationError
 
 
-class Moderation(Wire):
+class Moderation(Wire, frozen=True):
     """The response's ``moderation``: each side independently results or an error."""
 
     input: ModerationOutcome
@@ -347,43 +350,43 @@ class Moderation(Wire):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
-class TopLogprob(Wire):
+class TopLogprob(Wire, frozen=True):
     token: str
     logprob: float
     bytes: list[int] | None = None
 
 
-class TokenLogprob(Wire):
+class TokenLogprob(Wire, frozen=True):
     token: str
     logprob: float
     top_logprobs: list[TopLogprob]
     bytes: list[int] | None = None
 
 
-class ChoiceLogprobs(Wire):
+class ChoiceLogprobs(Wire, frozen=True):
     content: list[TokenLogprob] | None = None
     refusal: list[TokenLogprob] | None = None
 
 
-class UrlCitation(Wire):
+class UrlCitation(Wire, frozen=True):
     end_index: int
     start_index: int
     title: str
     url: str
 
 
-class Annotation(Wire, tag_field="type", tag="url_citation"):
+class Annotation(Wire, frozen=True, tag_field="type", tag="url_citation"):
     url_citation: UrlCitation
 
 
-class AudioResponse(Wire):
+class AudioResponse(Wire, frozen=True):
     id: str
     data: str
     expires_at: int
     transcript: str
 
 
-class ChatCompletionMessage(Wire):
+class ChatCompletionMessage(Wire, frozen=True):
     role: Literal["assistant"]
     content: str | None = None
     refusal: str | None = None
@@ -393,14 +396,14 @@ class ChatCompletionMessage(Wire):
     tool_calls: list[ToolCall] | None = None
 
 
-class Choice(Wire):
+class Choice(Wire, frozen=True):
     finish_reason: FinishReason
     index: int
     message: ChatCompletionMessage
     logprobs: ChoiceLogprobs | None = None
 
 
-class CompletionTokensDetails(Wire):
+class CompletionTokensDetails(Wire, frozen=True):
     accepted_prediction_tokens: int | None = None
     audio_tokens: int | None = None
     reasoning_tokens: int | None = None
@@ -408,7 +411,7 @@ class CompletionTokensDetails(Wire):
     text_tokens: int | None = None
 
 
-class PromptTokensDetails(Wire):
+class PromptTokensDetails(Wire, frozen=True):
     audio_tokens: int | None = None
     cache_write_tokens: int | None = None
     cached_tokens: int | None = None
@@ -416,7 +419,7 @@ class PromptTokensDetails(Wire):
     text_tokens: int | None = None
 
 
-class Usage(Wire):
+class Usage(Wire, frozen=True):
     completion_tokens: int
     prompt_tokens: int
     total_tokens: int
@@ -424,7 +427,7 @@ class Usage(Wire):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-class ChatCompletion(Wire):
+class ChatCompletion(Wire, frozen=True):
     """The body of a non-streaming ``POST /v1/chat/completions`` response."""
 
     id: str
@@ -444,26 +447,26 @@ class ChatCompletion(Wire):
 # --------------------------------------------------------------------------------------------------
 
 
-class DeltaFunctionCall(Wire):
+class DeltaFunctionCall(Wire, frozen=True):
     name: str | None = None
     arguments: str | None = None
 
 
-class DeltaToolCall(Wire):
+class DeltaToolCall(Wire, frozen=True):
     index: int
     id: str | None = None
     function: DeltaFunctionCall | None = None
     type: Literal["function"] | None = None
 
 
-class DeltaAudio(Wire):
+class DeltaAudio(Wire, frozen=True):
     id: str | None = None
     data: str | None = None
     expires_at: int | None = None
     transcript: str | None = None
 
 
-class ChoiceDelta(Wire):
+class ChoiceDelta(Wire, frozen=True):
     role: Literal["developer", "system", "user", "assistant", "tool"] | None = None
     content: str | None = None
     refusal: str | None = None
@@ -472,14 +475,14 @@ class ChoiceDelta(Wire):
     tool_calls: list[DeltaToolCall] | None = None
 
 
-class ChunkChoice(Wire):
+class ChunkChoice(Wire, frozen=True):
     delta: ChoiceDelta
     index: int
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(Wire):
+class ChatCompletionChunk(Wire, frozen=True):
     """One server-sent event of a streaming response; ``choices`` may be empty (usage or moderation chunk)."""
 
     id: str
@@ -499,14 +502,14 @@ class ChatCompletionChunk(Wire):
 # --------------------------------------------------------------------------------------------------
 
 
-class ApiErrorDetail(Wire):
+class ApiErrorDetail(Wire, frozen=True):
     message: str
     type: str | None = None
     param: str | None = None
     code: str | int | None = None
 
 
-class ErrorBody(Wire):
+class ErrorBody(Wire, frozen=True):
     """The API's error body, ``{"error": {message, type, param, code}}``; also a mid-stream SSE error event."""
 
     error: ApiErrorDetail

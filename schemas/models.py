@@ -7,13 +7,13 @@ from typing import Literal
 from schemas.chat import Wire
 
 
-class Model(Wire):
+class Model(Wire, frozen=True):
     id: str
     created: int
     object: Literal["model"]
     owned_by: str
 
 
-class ModelList(Wire):
+class ModelList(Wire, frozen=True):
     object: Literal["list"]
     data: list[Model]

@@ -28,27 +28,27 @@ OMNI_CATEGORIES: Final[tuple[str, ...]] = (
 )
 
 
-class ModerationTextInput(Wire, tag_field="type", tag="text"):
+class ModerationTextInput(Wire, frozen=True, tag_field="type", tag="text"):
     text: str
 
 
-class ModerationImageUrl(Wire):
+class ModerationImageUrl(Wire, frozen=True):
     url: str
 
 
-class ModerationImageInput(Wire, tag_field="type", tag="image_url"):
+class ModerationImageInput(Wire, frozen=True, tag_field="type", tag="image_url"):
     image_url: ModerationImageUrl
 
 
 ModerationInputPart = ModerationTextInput | ModerationImageInput
 
 
-class ModerationCreateRequest(Wire):
+class ModerationCreateRequest(Wire, frozen=True):
     input: str | list[str] | list[ModerationInputPart]
     model: str | None = None
 
 
-class ModerationCategoriesResult(Wire):
+class ModerationCategoriesResult(Wire, frozen=True):
     """One result of the standalone endpoint (it carries no ``type`` or ``model``, unlike the inline one)."""
 
     categories: dict[str, bool]
@@ -57,7 +57,7 @@ class ModerationCategoriesResult(Wire):
     flagged: bool
 
 
-class ModerationCreateResponse(Wire):
+class ModerationCreateResponse(Wire, frozen=True):
     id: str
     model: str
     results: list[ModerationCategoriesResult]

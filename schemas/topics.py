@@ -45,11 +45,11 @@ MAX_RAW_IN_REVIEW: Final = 65_536
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 
 
-class JobParams(SamplingParams, forbid_unknown_fields=True):
+class JobParams(SamplingParams, frozen=True, forbid_unknown_fields=True):
     """Request parameters a job passes through. Unknown names are rejected so a typo is not silently ignored."""
 
 
-class Job(Wire):
+class Job(Wire, frozen=True):
     """A prompt job: the messages to complete and how, plus metadata carried to the result."""
 
     id: JobId
@@ -60,7 +60,7 @@ class Job(Wire):
     metadata: Metadata | None = None
 
 
-class Source(Wire):
+class Source(Wire, frozen=True):
     """Where a record came from: enough to find the original in the input topic."""
 
     topic: str
@@ -68,7 +68,7 @@ class Source(Wire):
     offset: int
 
 
-class Result(Wire):
+class Result(Wire, frozen=True):
     """A completion that passed moderation on both sides."""
 
     id: str
@@ -92,7 +92,7 @@ Side = Literal["input", "output"]
 Sides = Literal["input", "output", "both"]
 
 
-class FlaggedCategory(Wire):
+class FlaggedCategory(Wire, frozen=True):
     side: Side
     category: str
     score: float
@@ -100,12 +100,12 @@ class FlaggedCategory(Wire):
     source: Literal["provider", "threshold"]
 
 
-class Flagged(Wire, tag_field="kind", tag="flagged"):
+class Flagged(Wire, frozen=True, tag_field="kind", tag="flagged"):
     side: Sides
     categories: list[FlaggedCategory]
 
 
-class ModerationFailed(Wire, tag_field="kind", tag="moderation_error"):
+class ModerationFailed(Wire, frozen=True, tag_field="kind", tag="moderation_error"):
     """Moderation returned an ``error`` on a side; with ``both``, code and message are the input side's."""
 
     side: Sides
@@ -113,18 +113,18 @@ class ModerationFailed(Wire, tag_field="kind", tag="moderation_error"):
     message: str
 
 
-class ModerationMissing(Wire, tag_field="kind", tag="moderation_missing"):
+class ModerationMissing(Wire, frozen=True, tag_field="kind", tag="moderation_missing"):
     detail: str
 
 
-class ContentFiltered(Wire, tag_field="kind", tag="content_filter"):
+class ContentFiltered(Wire, frozen=True, tag_field="kind", tag="content_filter"):
     choices: list[int]
 
 
 ApiFailureKind = Literal["http_status", "transport", "timeout", "decode", "stream", "deadline"]
 
 
-class ApiFailure(Wire, tag_field="kind", tag="api_error"):
+class ApiFailure(Wire, frozen=True, tag_field="kind", tag="api_error"):
     """The provider call failed after retries (or without them, for errors that must not be retried)."""
 
     failure: ApiFailureKind
@@ -135,7 +135,7 @@ class ApiFailure(Wire, tag_field="kind", tag="api_error"):
     code: str | None = None
 
 
-class InvalidJob(Wire, tag_field="kind", tag="invalid_job"):
+class InvalidJob(Wire, frozen=True, tag_field="kind", tag="invalid_job"):
     """The record is not a valid job; nothing was sent to the provider."""
 
     error: str
@@ -159,7 +159,7 @@ REASON_KINDS: Final[tuple[ReasonKind, ...]] = (
 )
 
 
-class Review(Wire):
+class Review(Wire, frozen=True):
     """A job that must be looked at by a person (or replayed), with why and everything known about it."""
 
     id: str | None
@@ -177,7 +177,7 @@ class Review(Wire):
 # --------------------------------------------------------------------------------------------------
 
 
-class JobDecodeError(Wire):
+class JobDecodeError(Wire, frozen=True):
     """Why a record is not a job, in words a producer can act on."""
 
     error: str
