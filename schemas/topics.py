@@ -121,7 +121,7 @@ class ContentFiltered(Wire, frozen=True, tag_field="kind", tag="content_filter")
     choices: list[int]
 
 
-ApiFailureKind = Literal["http_status", "transport", "timeout", "decode", "stream", "deadline"]
+ApiFailureKind = Literal["http_status", "transport", "timeout", "decode", "stream", "deadline", "oversize", "internal"]
 
 
 class ApiFailure(Wire, frozen=True, tag_field="kind", tag="api_error"):
@@ -149,6 +149,14 @@ class InvalidJob(Wire, frozen=True, tag_field="kind", tag="invalid_job"):
 
 Reason = Flagged | ModerationFailed | ModerationMissing | ContentFiltered | ApiFailure | InvalidJob
 ReasonKind = Literal["flagged", "moderation_error", "moderation_missing", "content_filter", "api_error", "invalid_job"]
+
+
+def reason_kind(reason: Reason) -> ReasonKind:
+    """The ``kind`` tag of a reason, as written on the wire and in the reason-kind header."""
+    kind: ReasonKind = reason.__struct_config__.tag  # type: ignore[assignment]
+    return kind
+
+
 REASON_KINDS: Final[tuple[ReasonKind, ...]] = (
     "flagged",
     "moderation_error",

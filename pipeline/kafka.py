@@ -1,0 +1,202 @@
+"""Kafka plumbing: connection settings (security passed through), client factories, topics, offsets, headers.
+
+Settings chosen for the delivery promise and for the embedded broker's known behaviour: producers use
+``acks="all"`` (acks=0 loses data on Tansu and is never right for results), no idempotent producer (Tansu
+fails InitProducerId; at-least-once plus job-id keys is our contract), consumers never auto-commit and a
+new group starts from the earliest offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from pipeline.config import Option, parse_settings
+from pipeline.secret import Secret
+from schemas.topics import (
+    HEADER_JOB_ID,
+    HEADER_ORIGINAL_CONSUMER_GROUP,
+    HEADER_ORIGINAL_OFFSET,
+    HEADER_ORIGINAL_PARTITION,
+    HEADER_ORIGINAL_TIMESTAMP,
+    HEADER_ORIGINAL_TOPIC,
+    HEADER_REASON_KIND,
+)
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+#: The producer refuses records above this; the worker routes an oversize result to review instead.
+DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True):
+    bootstrap_servers: str = "localhost:9092"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    client_id: str = "moderated-pipeline"
+    compression: Compression = "none"
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_RECORD_BYTES
+
+
+KAFKA_OPTIONS: tuple[Option, ...] = (
+    Option("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", "Kafka brokers, host:port[,host:port]"),
+    Option("KAFKA_SECURITY_PROTOCOL", "security_protocol", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    Option("KAFKA_SASL_MECHANISM", "sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    Option("KAFKA_SASL_USERNAME", "sasl_username", "SASL user name"),
+    Option("KAFKA_SASL_PASSWORD", "sasl_password", "SASL password", secret=True),
+    Option("KAFKA_SSL_CAFILE", "ssl_cafile", "CA bundle to verify the brokers (TLS)"),
+    Option("KAFKA_SSL_CERTFILE", "ssl_certfile", "client certificate (mutual TLS)"),
+    Option("KAFKA_SSL_KEYFILE", "ssl_keyfile", "client key (mutual TLS)"),
+    Option("KAFKA_CLIENT_ID", "client_id", "client id the brokers see"),
+    Option("KAFKA_COMPRESSION", "compression", "producer compression: none, gzip, snappy, lz4 or zstd"),
+    Option("KAFKA_MAX_RECORD_BYTES", "max_record_bytes", "largest record the worker produces"),
+)
+
+
+def load_kafka_settings(values: Mapping[str, str]) -> KafkaSettings:
+    return parse_settings(KafkaSettings, KAFKA_OPTIONS, values)
+
+
+def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments every aiokafka client takes: brokers, client id and security."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
+        )
+        kwargs["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.reveal() if settings.sasl_password else None
+    return kwargs
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(settings),
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 2,
+        "max_request_size": settings.max_record_bytes + 64 * 1024,
+        "compression_type": None if settings.compression == "none" else settings.compression,
+        "request_timeout_ms": 30_000,
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def make_consumer(settings: KafkaSettings, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(**kwargs)
+
+
+def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_kwargs(settings))
+
+
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], partitions: int, replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created (idempotent)."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in dict.fromkeys(names) if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, partitions, replication_factor) for name in missing])
+        return missing
+    finally:
+        await admin.close()
+
+
+async def committed_with_metadata(
+    admin: AIOKafkaAdminClient, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The group's committed offsets and metadata strings (partitions listed: Tansu requires it)."""
+    answer: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
+        group_id, partitions=list(partitions)
+    )
+    return {tp: om for tp, om in answer.items() if om is not None and om.offset >= 0}
+
+
+async def broker_keeps_commit_metadata(settings: KafkaSettings, topic: str, group_id: str) -> bool:
+    """Round-trip check: commit a marker in a probe group and read it back.
+
+    Apache Kafka keeps commit metadata; the embedded Tansu broker accepts it and returns it empty. The
+    probe group (``<group>.metadata-probe``) stays behind with one committed offset; it holds no members.
+    """
+    probe_group = f"{group_id}.metadata-probe"
+    marker = f"probe-{secrets.token_hex(6)}"
+    partition = TopicPartition(topic, 0)
+    consumer = make_consumer(settings, probe_group)
+    admin = make_admin(settings)
+    await consumer.start()
+    await admin.start()
+    try:
+        consumer.assign([partition])
+        await consumer.commit({partition: OffsetAndMetadata(0, marker)})
+        stored = await committed_with_metadata(admin, probe_group, [partition])
+        return partition in stored and stored[partition].metadata == marker
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _text(value: str | int) -> bytes:
+    return str(value).encode()
+
+
+def record_headers(
+    *,
+    job_id: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    group_id: str,
+    reason_kind: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """The headers every produced record carries (see ``schemas.topics``), as UTF-8 text."""
+    headers = [
+        (HEADER_ORIGINAL_TOPIC, _text(topic)),
+        (HEADER_ORIGINAL_PARTITION, _text(partition)),
+        (HEADER_ORIGINAL_OFFSET, _text(offset)),
+        (HEADER_ORIGINAL_CONSUMER_GROUP, _text(group_id)),
+    ]
+    if timestamp_ms is not None and timestamp_ms >= 0:
+        headers.append((HEADER_ORIGINAL_TIMESTAMP, _text(timestamp_ms)))
+    if job_id is not None:
+        headers.insert(0, (HEADER_JOB_ID, _text(job_id)))
+    if reason_kind is not None:
+        headers.append((HEADER_REASON_KIND, _text(reason_kind)))
+    return headers

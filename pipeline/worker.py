@@ -1,0 +1,531 @@
+"""The worker: consume jobs → moderated completion → route → produce, many jobs in flight, offsets safe.
+
+One task per job; any number of them per partition (unordered by default, or one at a time per Kafka key).
+A job is *done* when its output or review record is acknowledged by the broker (acks=all); only then does
+its partition's :class:`~pipeline.ledger.PartitionLedger` let the commit move past it. Commits go out on an
+interval, on revoke and on shutdown, always as explicit offsets, with the done-beyond map in the metadata
+when the broker keeps it.
+
+Rebalance: revoked partitions get ``revoke_timeout_s`` for their in-flight jobs, then what is done is
+committed and the rest is cancelled and left to the new owner; every ledger carries an assignment epoch,
+so a job finishing after its partition was revoked is never committed. Shutdown: stop fetching, drain up
+to ``drain_timeout_s``, flush, commit, leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import msgspec
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+
+from pipeline.config import WorkerSettings
+from pipeline.kafka import (
+    KafkaSettings,
+    broker_keeps_commit_metadata,
+    committed_with_metadata,
+    make_admin,
+    make_consumer,
+    make_producer,
+    record_headers,
+)
+from pipeline.ledger import DoneRanges, PartitionLedger, decode_done_map
+from pipeline.metrics import Metrics
+from pipeline.outcomes import Completed, Failed, Outcome
+from pipeline.routing import Route, Thresholds, ToOutput, ToReview, route, route_invalid
+from schemas.chat import TextPart, UserMessage
+from schemas.topics import (
+    ApiFailure,
+    Job,
+    JobDecodeError,
+    Review,
+    Source,
+    decode_job,
+    invalid_job,
+    reason_kind,
+)
+
+log = logging.getLogger("pipeline.worker")
+
+_encoder: Final = msgspec.json.Encoder()
+#: Resume fetching once in-flight work falls below this share of the limits.
+RESUME_AT: Final = 0.75
+PRODUCE_BACKOFF_MAX_S: Final = 5.0
+
+
+class CompletionClient(Protocol):
+    """What the worker needs from the provider client: one job in, one outcome out, never an exception."""
+
+    async def complete(self, job: Job) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TopicMissing(RuntimeError):
+    """A topic the worker needs does not exist."""
+
+
+@dataclass(slots=True)
+class _InFlight:
+    tp: TopicPartition
+    epoch: int
+    record: ConsumerRecord[bytes, bytes]
+    size: int
+
+
+class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._worker._on_assigned(list(assigned))
+
+
+def _prompt_text(job: Job) -> str:
+    """The user-visible text of a job, for the explicit debug flag only."""
+    parts: list[str] = []
+    for message in job.messages:
+        if isinstance(message, UserMessage):
+            content = message.content
+            parts.extend(
+                [content] if isinstance(content, str) else [p.text for p in content if isinstance(p, TextPart)]
+            )
+    return "\n".join(parts)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        kafka: KafkaSettings,
+        client: CompletionClient,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.metrics = metrics or Metrics()
+        self._client = client
+        self._thresholds = Thresholds(any_category=settings.review_threshold, per_category=settings.review_thresholds)
+        self._consumer = make_consumer(
+            kafka,
+            settings.group_id,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            max_partition_fetch_bytes=max(settings.max_job_bytes, 1_048_576),
+            fetch_max_bytes=max(settings.max_job_bytes * 4, 52_428_800),
+        )
+        self._producer = make_producer(kafka)
+        self._admin = make_admin(kafka)
+        self._ledgers: dict[TopicPartition, PartitionLedger] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._key_queues: dict[tuple[TopicPartition, bytes], deque[_InFlight]] = {}
+        self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
+        self._commit_lock = asyncio.Lock()
+        self._epoch = 0
+        self._in_flight = 0
+        self._bytes_in_flight = 0
+        self._paused = False
+        self._keeps_metadata = False
+        self._running = False
+        self._draining = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def alive(self) -> bool:
+        return self._running
+
+    @property
+    def ready(self) -> bool:
+        return self._running and not self._draining and bool(self._ledgers)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def assignment(self) -> list[TopicPartition]:
+        return sorted(self._ledgers)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process jobs until ``stop`` is set, then drain and leave the group."""
+        await self._admin.start()
+        try:
+            await self._check_topics()
+            self._keeps_metadata = await self._probe_commit_metadata()
+            await self._producer.start()
+            try:
+                self._consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
+                await self._consumer.start()
+                self._running = True
+                committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
+                try:
+                    await self._fetch_until(stop)
+                    await self._drain()
+                finally:
+                    self._running = False
+                    committer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await committer
+                    await self._cancel(self._all_tasks())
+                    await self._consumer.stop()
+            finally:
+                await self._producer.stop()
+        finally:
+            await self._admin.close()
+
+    async def _check_topics(self) -> None:
+        topics = set(await self._admin.list_topics())
+        needed = (self.settings.input_topic, self.settings.output_topic, self.settings.review_topic)
+        missing = [topic for topic in needed if topic not in topics]
+        if missing:
+            raise TopicMissing(
+                f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found on "
+                f"{self.kafka.bootstrap_servers}; create them with `pipeline topics create`"
+            )
+
+    async def _probe_commit_metadata(self) -> bool:
+        try:
+            keeps = await broker_keeps_commit_metadata(self.kafka, self.settings.input_topic, self.settings.group_id)
+        except KafkaError as exc:
+            log.warning("commit metadata probe failed; done-offset map off", extra={"error": type(exc).__name__})
+            keeps = False
+        if not keeps:
+            log.info(
+                "the broker does not keep commit metadata: the done-offset map is off, so a restart "
+                "reprocesses jobs finished beyond the committed offset"
+            )
+        self.metrics.commit_metadata_supported.set(1 if keeps else 0)
+        return keeps
+
+    async def _fetch_until(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        while not stop.is_set():
+            self._apply_backpressure()
+            room = self.settings.concurrency - self._in_flight
+            try:
+                batches = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+            except KafkaError as exc:
+                log.warning("fetch failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    self._submit(tp, record)
+
+    async def _drain(self) -> None:
+        self._draining = True
+        assignment = list(self._consumer.assignment())
+        if assignment:
+            self._consumer.pause(*assignment)
+        pending = self._all_tasks()
+        log.info("draining", extra={"count": len(pending)})
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.drain_timeout_s)
+        await self._producer.flush()
+        await self._commit()
+        left = self._all_tasks()
+        if left:
+            log.warning("drain deadline passed; unfinished jobs will be reprocessed", extra={"count": len(left)})
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _all_tasks(self) -> set[asyncio.Task[None]]:
+        return set().union(*self._tasks.values()) if self._tasks else set()
+
+    def _apply_backpressure(self) -> None:
+        full = self._in_flight >= self.settings.concurrency or self._bytes_in_flight >= self.settings.max_buffered_bytes
+        calm = (
+            self._in_flight <= self.settings.concurrency * RESUME_AT
+            and self._bytes_in_flight <= self.settings.max_buffered_bytes * RESUME_AT
+        )
+        assignment = list(self._consumer.assignment())
+        if full and not self._paused:
+            self._consumer.pause(*assignment)
+            self._paused = True
+        elif self._paused and calm:
+            self._consumer.resume(*assignment)
+            self._paused = False
+        self.metrics.partitions_paused.set(len(self._consumer.paused()))
+
+    def _submit(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        ledger = self._ledgers.get(tp)
+        if ledger is None or (ledger.next_offset is not None and record.offset < ledger.next_offset):
+            return  # not ours (any more) or delivered twice: the owner's ledger decides
+        self.metrics.jobs_consumed.inc()
+        if ledger.track(record.offset):
+            self.metrics.jobs_skipped.inc()
+            return
+        item = _InFlight(tp=tp, epoch=ledger.epoch, record=record, size=len(record.value or b""))
+        self._in_flight += 1
+        self._bytes_in_flight += item.size
+        self._gauge_in_flight()
+        if self.settings.ordering == "key" and record.key is not None:
+            queue = self._key_queues.setdefault((tp, record.key), deque())
+            queue.append(item)
+            if len(queue) > 1:
+                return
+        self._start(item)
+
+    def _start(self, item: _InFlight) -> None:
+        task = asyncio.create_task(self._run_job(item))
+        self._tasks.setdefault(item.tp, set()).add(task)
+
+    def _gauge_in_flight(self) -> None:
+        self.metrics.jobs_in_flight.set(self._in_flight)
+        self.metrics.bytes_in_flight.set(self._bytes_in_flight)
+
+    async def _run_job(self, item: _InFlight) -> None:
+        finished = False
+        try:
+            await self._process(item)
+            finished = True
+        finally:
+            self._in_flight -= 1
+            self._bytes_in_flight -= item.size
+            self._gauge_in_flight()
+            tasks = self._tasks.get(item.tp)
+            if tasks is not None:
+                tasks.discard(asyncio.current_task())
+            if finished:
+                self._mark_done(item)
+
+    def _mark_done(self, item: _InFlight) -> None:
+        ledger = self._ledgers.get(item.tp)
+        if ledger is None or ledger.epoch != item.epoch:
+            self.metrics.stale_completions.inc()
+            return
+        ledger.complete(item.record.offset)
+        key = item.record.key
+        if self.settings.ordering == "key" and key is not None:
+            queue = self._key_queues.get((item.tp, key))
+            if queue:
+                queue.popleft()
+                if queue:
+                    self._start(queue[0])
+                else:
+                    del self._key_queues[(item.tp, key)]
+
+    # ------------------------------------------------------------------ one job
+
+    async def _process(self, item: _InFlight) -> None:
+        record = item.record
+        raw = record.value or b""
+        source = Source(topic=record.topic, partition=record.partition, offset=record.offset)
+        decoded = decode_job(raw, max_bytes=self.settings.max_job_bytes)
+        if isinstance(decoded, JobDecodeError):
+            routed: Route = route_invalid(raw, invalid_job(raw, decoded, source))
+        else:
+            if self.settings.log_prompts:
+                log.debug("prompt", extra={"job_id": decoded.id, "prompt": _prompt_text(decoded)})
+            outcome = await self._call(decoded)
+            routed = route(decoded, source, outcome, self._thresholds)
+        await self._deliver(routed, item)
+
+    async def _call(self, job: Job) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = await self._client.complete(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a client bug must cost one job a review, not the worker its life
+            log.exception("client raised instead of returning an outcome", extra={"job_id": job.id})
+            latency = (time.monotonic() - started) * 1000
+            return Failed(
+                failure="internal", message=f"client error: {type(exc).__name__}", attempts=1, latency_ms=latency
+            )
+        if isinstance(outcome, Completed) and outcome.completion.usage is not None:
+            self.metrics.usage(outcome.completion.model, outcome.completion.usage)
+        return outcome
+
+    def _encode(self, routed: Route, item: _InFlight) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
+        record = item.record
+        job_id: str | None
+        kind: str | None
+        if isinstance(routed, ToOutput):
+            topic, job_id, kind = self.settings.output_topic, routed.result.id, None
+            value = _encoder.encode(routed.result)
+        else:
+            topic, job_id, kind = self.settings.review_topic, routed.review.id, reason_kind(routed.review.reason)
+            value = _encoder.encode(routed.review)
+        key = job_id.encode() if job_id is not None else record.key
+        headers = record_headers(
+            job_id=job_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            group_id=self.settings.group_id,
+            reason_kind=kind,
+        )
+        return topic, key, value, headers
+
+    def _fit(self, routed: Route, item: _InFlight) -> Route:
+        """A record that fits the producer's limit: an oversize result becomes a slimmer review."""
+        limit = self.kafka.max_record_bytes
+        if len(self._encode(routed, item)[2]) <= limit:
+            return routed
+        if isinstance(routed, ToReview):
+            slim = msgspec.structs.replace(routed.review, job=None, completion=None)
+            if len(_encoder.encode(slim)) <= limit:
+                return ToReview(slim)
+            source, job_id = routed.review.source, routed.review.id
+        else:
+            source, job_id = routed.result.source, routed.result.id
+        reason = ApiFailure(failure="oversize", message=f"the result exceeds the {limit}-byte record limit", attempts=0)
+        return ToReview(Review(id=job_id, reason=reason, source=source))
+
+    async def _deliver(self, routed: Route, item: _InFlight) -> None:
+        """Produce until the broker acknowledges it; a result is never dropped (cancellation aside)."""
+        routed = self._fit(routed, item)
+        topic, key, value, headers = self._encode(routed, item)
+        delay = 0.1
+        while True:
+            try:
+                ack = await self._producer.send(topic, value, key=key, headers=headers)
+                await ack
+                break
+            except KafkaError as exc:
+                self.metrics.produce_retries.inc()
+                log.warning(
+                    "produce failed; retrying",
+                    extra={"job_id": key.decode(errors="replace") if key else None, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PRODUCE_BACKOFF_MAX_S)
+        self._record_route(routed, item)
+
+    def _record_route(self, routed: Route, item: _InFlight) -> None:
+        record = item.record
+        job_id: str | None
+        attempts: int | None
+        if isinstance(routed, ToOutput):
+            destination, reason, job_id, attempts = "output", "none", routed.result.id, routed.result.attempts
+        else:
+            review = routed.review
+            destination, reason, job_id, attempts = "review", reason_kind(review.reason), review.id, review.attempts
+        self.metrics.jobs_routed.labels(destination, reason).inc()
+        if record.timestamp is not None and record.timestamp > 0:
+            self.metrics.job_seconds.observe(max(0.0, time.time() - record.timestamp / 1000))
+        log.info(
+            "routed",
+            extra={
+                "job_id": job_id,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "route": destination,
+                "reason": None if reason == "none" else reason,
+                "attempts": attempts,
+            },
+        )
+
+    # ------------------------------------------------------------------ offsets and rebalance
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+            self._update_lag()
+
+    def _commit_point(self, ledger: PartitionLedger) -> tuple[int, str] | None:
+        offset = ledger.commit_offset()
+        if offset is None:
+            return None
+        return offset, ledger.commit_metadata() if self._keeps_metadata else ""
+
+    async def _commit(self, ledgers: dict[TopicPartition, PartitionLedger] | None = None) -> None:
+        """Commit each partition's completed prefix (and done map) when it moved; failures are retried later."""
+        async with self._commit_lock:
+            chosen = self._ledgers if ledgers is None else ledgers
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            for tp, ledger in chosen.items():
+                point = self._commit_point(ledger)
+                if point is not None and self._last_commit.get(tp) != point:
+                    offsets[tp] = OffsetAndMetadata(*point)
+            if not offsets:
+                return
+            try:
+                await self._consumer.commit(offsets)
+            except KafkaError as exc:
+                self.metrics.commit_failures.inc()
+                log.warning("commit failed; will retry", extra={"error": type(exc).__name__})
+                return
+            self.metrics.commits.inc()
+            for tp, committed in offsets.items():
+                self._last_commit[tp] = (committed.offset, committed.metadata)
+                self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(committed.offset)
+
+    def _update_lag(self) -> None:
+        for tp in self._ledgers:
+            highwater = self._consumer.highwater(tp)
+            committed = self._last_commit.get(tp)
+            if highwater is not None and committed is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed[0]))
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        stored: dict[TopicPartition, OffsetAndMetadata] = {}
+        try:
+            stored = await committed_with_metadata(self._admin, self.settings.group_id, assigned)
+        except KafkaError as exc:
+            log.warning("could not read committed offsets; no done map this time", extra={"error": type(exc).__name__})
+        for tp in assigned:
+            self._epoch += 1
+            committed = stored.get(tp)
+            remembered = DoneRanges()
+            if committed is not None and self._keeps_metadata:
+                remembered = decode_done_map(committed.offset, committed.metadata)
+            self._ledgers[tp] = PartitionLedger(
+                self._epoch, committed=committed.offset if committed else None, remembered=remembered
+            )
+            if committed is not None:
+                self._last_commit[tp] = (committed.offset, committed.metadata)
+        self._paused = False
+        self.metrics.partitions_assigned.set(len(self._ledgers))
+        log.info("partitions assigned", extra={"partitions": [f"{tp.topic}-{tp.partition}" for tp in assigned]})
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        revoked = [tp for tp in revoked if tp in self._ledgers]
+        if not revoked:
+            return
+        pending: set[asyncio.Task[None]] = set().union(*(self._tasks.get(tp, set()) for tp in revoked))
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.revoke_timeout_s)
+        ledgers = {tp: self._ledgers.pop(tp) for tp in revoked}
+        await self._commit(ledgers)
+        abandoned: set[asyncio.Task[None]] = set()
+        for tp in revoked:
+            abandoned |= self._tasks.pop(tp, set())
+            self._last_commit.pop(tp, None)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        for key in [key for key in self._key_queues if key[0] in ledgers]:
+            waiting = list(self._key_queues.pop(key))[1:]  # the head has a task, cancelled below
+            self._in_flight -= len(waiting)
+            self._bytes_in_flight -= sum(item.size for item in waiting)
+        self._gauge_in_flight()
+        await self._cancel(abandoned)
+        self.metrics.partitions_assigned.set(len(self._ledgers))
+        log.info(
+            "partitions revoked",
+            extra={"partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked], "count": len(abandoned)},
+        )
+
+    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
