@@ -1,4 +1,4 @@
-"""The ``pipeline`` command."""
+"""The ``pipeline`` command: one parser, a subcommand per module, every failure one clear line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from collections.abc import Sequence
 
 from pipeline import __version__
 from pipeline.broker import DEFAULT_HOST, DEFAULT_PORT, BrokerError, EmbeddedBroker
+from pipeline.client import CLIENT_OPTIONS
+from pipeline.commands import demo, produce, replay, run, tail, topics
+from pipeline.commands.common import KNOWN_SETTINGS, CliError
+from pipeline.config import ConfigError
+from pipeline.simulator import cli as simulate
+
+KNOWN_SETTINGS.update(option.env for option in CLIENT_OPTIONS)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -17,8 +24,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     try:
         broker.start()
     except BrokerError as exc:
-        print(f"pipeline broker: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(str(exc)) from None
     print(f"embedded Kafka broker (Tansu, memory storage) on {broker.bootstrap_servers}; Ctrl-C stops it")
     print(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
     stop = threading.Event()
@@ -29,24 +35,35 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pipeline",
-        description="Moderated LLM stream processing: Kafka prompt jobs -> Chat Completions with inline "
-        "moderation -> completions (clean) or review (with a typed reason).",
-    )
-    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_broker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     broker = commands.add_parser(
         "broker",
         help="run the embedded Kafka-protocol broker in the foreground",
-        description="Run the embedded broker (Tansu, memory storage) until Ctrl-C.",
+        description="Run the embedded broker (Tansu, memory storage: data is gone when it stops) until Ctrl-C.",
         epilog="example: pipeline broker --port 9092",
     )
     broker.add_argument("--host", default=DEFAULT_HOST)
     broker.add_argument("--port", type=int, default=DEFAULT_PORT)
     broker.set_defaults(handler=_cmd_broker)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Moderated LLM stream processing: Kafka prompt jobs -> Chat Completions with inline "
+        "moderation -> completions (clean) or review (with a typed reason).",
+        epilog="start here: pipeline demo",
+    )
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo.add_parser(commands)
+    run.add_parser(commands)
+    produce.add_parser(commands)
+    tail.add_parser(commands)
+    topics.add_parser(commands)
+    replay.add_parser(commands)
+    simulate.add_parser(commands)
+    _add_broker(commands)
     return parser
 
 
@@ -56,7 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    return int(args.handler(args))
+    name = f"pipeline {args.command}"
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{name}: {problem}", file=sys.stderr)
+        return 2
+    except CliError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

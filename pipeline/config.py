@@ -10,6 +10,7 @@ reported as one line naming the variable and what was expected, and secrets are 
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -225,3 +226,23 @@ def load_worker_settings(values: Mapping[str, str]) -> WorkerSettings:
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def add_option_flags(parser: argparse.ArgumentParser, options: Iterable[Option], title: str) -> None:
+    """One flag per option (``--concurrency`` for ``PIPELINE_CONCURRENCY``), grouped under ``title``."""
+    group = parser.add_argument_group(title)
+    for option in options:
+        group.add_argument(option.flag, dest=option.dest, metavar="VALUE", help=f"{option.help} [{option.env}]")
+
+
+def resolve_values(
+    args: argparse.Namespace, options: Iterable[Option], environ: Mapping[str, str], known: Iterable[str]
+) -> dict[str, str]:
+    """The merged settings for a command: its flags, then the environment, then ``--config FILE``.
+
+    ``known`` is every setting name of every command, so one TOML file can serve them all.
+    """
+    flags = {option.env: getattr(args, option.dest, None) for option in options}
+    config_path = getattr(args, "config", None)
+    toml = read_toml(Path(config_path), known) if config_path else None
+    return merge_sources(environ, flags, toml)

@@ -31,6 +31,7 @@ from schemas.topics import (
     HEADER_ORIGINAL_TIMESTAMP,
     HEADER_ORIGINAL_TOPIC,
     HEADER_REASON_KIND,
+    HEADER_REPLAY_COUNT,
 )
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -185,6 +186,7 @@ def record_headers(
     timestamp_ms: int | None,
     group_id: str,
     reason_kind: str | None = None,
+    replay_count: bytes | None = None,
 ) -> list[tuple[str, bytes]]:
     """The headers every produced record carries (see ``schemas.topics``), as UTF-8 text."""
     headers = [
@@ -199,4 +201,6 @@ def record_headers(
         headers.insert(0, (HEADER_JOB_ID, _text(job_id)))
     if reason_kind is not None:
         headers.append((HEADER_REASON_KIND, _text(reason_kind)))
+    if replay_count is not None:
+        headers.append((HEADER_REPLAY_COUNT, replay_count))
     return headers

@@ -142,3 +142,26 @@ class HealthServer:
     async def _serve_ready(self, _request: web.Request) -> web.Response:
         ready = self._ready()
         return web.Response(status=200 if ready else 503, text="ready\n" if ready else "not ready\n")
+
+
+class MetricsObserver:
+    """Feeds the provider client's events (its observer hooks) into :class:`Metrics`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_attempt(self, status: int | None, latency_s: float) -> None:
+        self._metrics.provider_requests.labels(str(status or 0)).inc()
+        self._metrics.provider_call_seconds.observe(latency_s)
+
+    def on_retry(self, reason: str) -> None:
+        self._metrics.provider_retries.labels(reason).inc()
+
+    def on_rate_limited(self) -> None:
+        self._metrics.provider_rate_limited.inc()
+
+    def on_usage(self, model: str, usage: Usage) -> None:
+        self._metrics.usage(model, usage)
+
+    def on_concurrency_limit(self, limit: int) -> None:
+        self._metrics.concurrency_limit.set(limit)

@@ -40,10 +40,11 @@ from pipeline.kafka import (
 )
 from pipeline.ledger import DoneRanges, PartitionLedger, decode_done_map
 from pipeline.metrics import Metrics
-from pipeline.outcomes import Completed, Failed, Outcome
+from pipeline.outcomes import Failed, Outcome
 from pipeline.routing import Route, Thresholds, ToOutput, ToReview, route, route_invalid
 from schemas.chat import TextPart, UserMessage
 from schemas.topics import (
+    HEADER_REPLAY_COUNT,
     ApiFailure,
     Job,
     JobDecodeError,
@@ -347,8 +348,6 @@ class Worker:
             return Failed(
                 failure="internal", message=f"client error: {type(exc).__name__}", attempts=1, latency_ms=latency
             )
-        if isinstance(outcome, Completed) and outcome.completion.usage is not None:
-            self.metrics.usage(outcome.completion.model, outcome.completion.usage)
         return outcome
 
     def _encode(self, routed: Route, item: _InFlight) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -370,6 +369,7 @@ class Worker:
             timestamp_ms=record.timestamp,
             group_id=self.settings.group_id,
             reason_kind=kind,
+            replay_count=next((v for k, v in record.headers if k == HEADER_REPLAY_COUNT), None),
         )
         return topic, key, value, headers
 

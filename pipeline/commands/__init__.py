@@ -1,0 +1,1 @@
+"""The ``pipeline`` subcommands, one module each; :mod:`pipeline.cli` assembles them."""

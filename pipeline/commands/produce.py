@@ -1,0 +1,141 @@
+"""``pipeline produce FILE.jsonl|-``: validate jobs line by line and publish the valid ones.
+
+Invalid lines (not a job, or a job id already seen in this file) are reported with their line number and
+reason and are not published; ``--strict`` stops at the first one. The exit code is 1 when any line was
+invalid, so scripts notice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.commands.common import (
+    TOPIC_OPTIONS,
+    CliError,
+    CommonSettings,
+    add_kafka_flags,
+    kafka_errors,
+    load_common,
+    require_topics,
+)
+from pipeline.kafka import make_producer
+from schemas.topics import HEADER_JOB_ID, Job, decode_job
+
+#: Sends awaited together; bounds memory for long files while keeping the producer's batches full.
+WINDOW = 2_000
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal."""
+
+    def __init__(self, total_bytes: int | None, stream: IO[str] = sys.stderr) -> None:
+        self.total = total_bytes
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, lines: int, done_bytes: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        rate = lines / max(now - self.started, 1e-9)
+        if self.total:
+            share = min(done_bytes / self.total, 1.0)
+            bar = "#" * int(share * 30)
+            text = f"[{bar:<30}] {share:4.0%}  {lines:,} lines  {rate:,.0f} lines/s"
+        else:
+            text = f"{lines:,} lines  {rate:,.0f} lines/s"
+        self.stream.write("\r" + text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes, int]]:
+    done = 0
+    for number, line in enumerate(source, start=1):
+        done += len(line)
+        yield number, line.rstrip(b"\r\n"), done
+
+
+def produce_command(args: argparse.Namespace) -> int:
+    common = load_common(args)
+    path: str = args.file
+    if path == "-":
+        return asyncio.run(produce_jobs(common, sys.stdin.buffer, None, args.strict))
+    if not Path(path).is_file():
+        raise CliError(f"no such file: {path}")
+    with Path(path).open("rb") as source:
+        return asyncio.run(produce_jobs(common, source, Path(path).stat().st_size, args.strict))
+
+
+async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | None, strict: bool) -> int:
+    topic = common.worker.input_topic
+    await require_topics(common.kafka, [topic])
+    producer = make_producer(common.kafka)
+    with kafka_errors(common.kafka):
+        await producer.start()
+    progress = Progress(size)
+    seen: dict[str, int] = {}
+    published = invalid = blank = 0
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        for number, line, done in _lines(source):
+            progress.update(number, done)
+            if not line.strip():
+                blank += 1
+                continue
+            job = decode_job(line, max_bytes=common.worker.max_job_bytes)
+            problem = None
+            if not isinstance(job, Job):
+                problem = job.error
+            elif job.id in seen:
+                problem = f"duplicate id {job.id!r} (first on line {seen[job.id]})"
+            if problem is not None:
+                invalid += 1
+                print(f"line {number}: {problem}", file=sys.stderr)
+                if strict:
+                    break
+                continue
+            assert isinstance(job, Job)
+            seen[job.id] = number
+            key = job.id.encode()
+            pending.append(await producer.send(topic, line, key=key, headers=[(HEADER_JOB_ID, key)]))
+            published += 1
+            if len(pending) >= WINDOW:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        progress.update(published + invalid + blank, progress.total or 0, force=True)
+    finally:
+        progress.close()
+        await producer.stop()
+    stopped = " (stopped at the first invalid line: --strict)" if strict and invalid else ""
+    print(f"published {published:,} jobs to {topic}; {invalid:,} invalid lines not published{stopped}")
+    return 1 if invalid else 0
+
+
+def add_parser(commands: Any) -> None:
+    produce = commands.add_parser(
+        "produce",
+        help="validate jobs from JSONL and publish them to the input topic",
+        description="Read one job per line (JSON objects: id, messages, model?, params?, moderation_model?, "
+        "metadata?), report invalid lines with their number and reason, publish the rest keyed by job id.",
+        epilog="examples:\n  pipeline produce jobs.jsonl\n  cat jobs.jsonl | pipeline produce - --strict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    produce.add_argument("file", metavar="FILE.jsonl|-", help="JSONL file, or - for standard input")
+    produce.add_argument("--strict", action="store_true", help="stop at the first invalid line")
+    add_kafka_flags(produce, TOPIC_OPTIONS)
+    produce.set_defaults(handler=produce_command)
