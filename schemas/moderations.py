@@ -6,7 +6,8 @@ moderation) and converts its results to the inline :class:`schemas.chat.Moderati
 
 from __future__ import annotations
 
-from typing import Final
+# typing.Sequence rather than collections.abc's: schemas/ imports only msgspec and typing (see the tests).
+from typing import Final, Sequence  # noqa: UP035
 
 from schemas.chat import InputType, Wire
 
@@ -44,7 +45,9 @@ ModerationInputPart = ModerationTextInput | ModerationImageInput
 
 
 class ModerationCreateRequest(Wire, frozen=True):
-    input: str | list[str] | list[ModerationInputPart]
+    # One array-like in the union (msgspec cannot decode ``list[str] | list[Part]``); ``Sequence`` keeps both
+    # ``list[str]`` and ``list[ModerationInputPart]`` assignable. The API takes strings or parts, not a mix.
+    input: str | Sequence[str | ModerationInputPart]
     model: str | None = None
 
 

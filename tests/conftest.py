@@ -1,3 +1,3 @@
 """Shared fixtures: one Kafka broker, one provider simulator (see tests/fixtures/)."""
 
-pytest_plugins = ["tests.fixtures.broker"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.simulator"]
