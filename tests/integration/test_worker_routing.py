@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from pipeline.kafka import KafkaSettings
-from pipeline.simulator import Simulator
 from schemas.topics import (
     HEADER_JOB_ID,
     HEADER_ORIGINAL_OFFSET,
@@ -17,6 +16,7 @@ from schemas.topics import (
     InvalidJob,
 )
 from tests.fixtures.broker import Broker
+from tests.fixtures.simulator import MakeSimulator
 from tests.integration.harness import (
     Topics,
     client_config,
@@ -57,18 +57,17 @@ POISON = [
 
 
 async def test_every_outcome_lands_on_its_route_with_headers(
-    kafka_broker: Broker, topic_prefix: str, tmp_path: object
+    kafka_broker: Broker, topic_prefix: str, make_simulator: MakeSimulator
 ) -> None:
     kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
     topics = Topics.named(topic_prefix)
     await create_topics(kafka, topics, partitions=3)
     await publish(kafka, topics.input, [value for value, _ in ROUTED_JOBS.values()])
-    async with Simulator() as sim:
-        await sim.start()
-        config = client_config(sim.base_url, max_attempts=3)
-        async with running_worker(kafka, worker_settings(topics), config):
-            collected = await collect(kafka, topics, len(ROUTED_JOBS))
-        stats = sim.stats()
+    sim = await make_simulator()
+    config = client_config(sim.base_url, max_attempts=3)
+    async with running_worker(kafka, worker_settings(topics), config):
+        collected = await collect(kafka, topics, len(ROUTED_JOBS))
+    stats = sim.stats()
     routes = collected.reasons()
     assert routes == {job_id: route for job_id, (_, route) in ROUTED_JOBS.items()}
 
@@ -99,17 +98,18 @@ async def test_every_outcome_lands_on_its_route_with_headers(
     assert sum(offsets.values()) == len(ROUTED_JOBS), "every record's offset committed after a graceful stop"
 
 
-async def test_poison_records_go_to_review_and_the_worker_stays_up(kafka_broker: Broker, topic_prefix: str) -> None:
+async def test_poison_records_go_to_review_and_the_worker_stays_up(
+    kafka_broker: Broker, topic_prefix: str, make_simulator: MakeSimulator
+) -> None:
     kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
     topics = Topics.named(topic_prefix)
     await create_topics(kafka, topics, partitions=1)
     values = [*POISON, job("after-the-poison")]
-    async with Simulator() as sim:
-        await sim.start()
-        async with running_worker(kafka, worker_settings(topics), client_config(sim.base_url)) as running:
-            await publish(kafka, topics.input, values)
-            collected = await collect(kafka, topics, len(values))
-            assert running.worker.alive
+    sim = await make_simulator()
+    async with running_worker(kafka, worker_settings(topics), client_config(sim.base_url)) as running:
+        await publish(kafka, topics.input, values)
+        collected = await collect(kafka, topics, len(values))
+        assert running.worker.alive
     invalid = [r for r in collected.review_records if isinstance(r.reason, InvalidJob)]
     assert sorted(r.source.offset for r in invalid) == list(range(len(POISON)))
     assert [r.id for r in collected.results] == ["after-the-poison"]
