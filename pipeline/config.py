@@ -229,9 +229,15 @@ def load_worker_settings(values: Mapping[str, str]) -> WorkerSettings:
 
 
 def add_option_flags(parser: argparse.ArgumentParser, options: Iterable[Option], title: str) -> None:
-    """One flag per option (``--concurrency`` for ``PIPELINE_CONCURRENCY``), grouped under ``title``."""
+    """One flag per option (``--concurrency`` for ``PIPELINE_CONCURRENCY``), grouped under ``title``.
+
+    Secrets get no flag: a command line is visible to every user of the machine (``ps``), so keys and
+    passwords come from the environment or the TOML file only.
+    """
     group = parser.add_argument_group(title)
     for option in options:
+        if option.secret:
+            continue
         group.add_argument(option.flag, dest=option.dest, metavar="VALUE", help=f"{option.help} [{option.env}]")
 
 
