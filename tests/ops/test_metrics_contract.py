@@ -1,0 +1,265 @@
+"""The alert rules and the dashboard name only metrics and labels a running worker exports, and the probe paths
+and healthchecks the deployment files use answer on a running worker.
+
+One worker runs in this process against the broker fixture and the simulator, with jobs that take every
+kind of route (clean, flagged, retried after 503 and 429, failed, invalid) so that every labelled series
+exists; its /metrics is scraped over HTTP from the same HealthServer ``pipeline run`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from pipeline.kafka import KafkaSettings
+from pipeline.metrics import HealthServer
+from pipeline.simulator import Simulator
+from tests.fixtures.broker import Broker
+from tests.integration.harness import (
+    Topics,
+    client_config,
+    collect,
+    create_topics,
+    job,
+    publish,
+    running_worker,
+    worker_settings,
+)
+from tests.ops.support import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    K8S,
+    Exposition,
+    analyse,
+    dashboard_targets,
+    dockerfile_instructions,
+    grafana_to_promql,
+    load_yaml,
+    ops_queries,
+    recorded_names,
+    rules,
+)
+
+JOBS = [
+    job("ops-clean", "Write a haiku about tea."),
+    job("ops-flagged", "Write a poem. [[sim: flag_output=violence]]"),
+    job("ops-retried", "Hello [[sim: 503*1]]"),
+    job("ops-rate-limited", "Hello [[sim: 429*1]]"),
+    job("ops-failed", "Hello [[sim: 500]]"),
+    b'{"id": "ops-invalid", "messages": []}',
+]
+#: Labels Prometheus adds to every scraped series.
+TARGET_LABELS = frozenset({"job", "instance"})
+#: Exported but deliberately on neither the dashboard nor an alert.
+NOT_CHARTED = {
+    "pipeline_committed_offset": "the lag gauge is what matters; the offset itself is for debugging",
+    "pipeline_commit_metadata_supported": "a property of the broker, logged at start",
+}
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    exposition: Exposition
+    #: probe path → HTTP status, for every path the deployment files probe
+    statuses: dict[str, int]
+    #: exit codes of the image's HEALTHCHECK command against the live worker and against a closed port
+    healthcheck_live: int
+    healthcheck_closed: int
+    #: exit code of docker-compose.yml's simulator healthcheck against a live simulator
+    simulator_healthcheck: int
+
+
+def probe_paths() -> set[str]:
+    """Every HTTP path a probe or healthcheck in the deployment files asks the worker for."""
+    paths: set[str] = set()
+    for container in load_yaml(K8S / "deployment.yaml")["spec"]["template"]["spec"]["containers"]:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            paths.add(container[probe]["httpGet"]["path"])
+    paths |= set(re.findall(r"127\.0\.0\.1:[^/'\"]+(/\w+)", " ".join(image_healthcheck())))
+    paths |= set(re.findall(r"127\.0\.0\.1:\d+(/\w+)", " ".join(compose_healthcheck("worker"))))
+    return paths
+
+
+def image_healthcheck() -> list[str]:
+    (healthcheck,) = [i for i in dockerfile_instructions(DOCKERFILE) if i.keyword == "HEALTHCHECK"]
+    command = healthcheck.exec_form
+    assert command is not None, "HEALTHCHECK should use the exec form"
+    return command
+
+
+def compose_healthcheck(service: str) -> list[str]:
+    test = load_yaml(COMPOSE_FILE)["services"][service]["healthcheck"]["test"]
+    assert test[0] == "CMD", f"{service}: healthcheck should be exec form (CMD …)"
+    return list(test[1:])
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def run_command(command: list[str], env: dict[str, str]) -> int:
+    argv = [sys.executable if part == "python" else part for part in command]
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(process.wait(), timeout=15)
+
+
+async def scrape_running_worker(bootstrap_servers: str) -> LiveWorker:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    topics = Topics.named(f"ops{uuid.uuid4().hex[:8]}")
+    await create_topics(kafka, topics, partitions=2)
+    await publish(kafka, topics.input, JOBS)
+    async with Simulator() as sim:
+        await sim.start()
+        config = client_config(sim.base_url, max_attempts=2)
+        async with running_worker(kafka, worker_settings(topics), config) as running:
+            worker = running.worker
+            health = HealthServer(worker.metrics, alive=lambda: worker.alive, ready=lambda: worker.ready)
+            await health.start("127.0.0.1", 0)
+            try:
+                await collect(kafka, topics, len(JOBS))
+                base = f"http://127.0.0.1:{health.port}"
+                async with aiohttp.ClientSession() as http:
+                    text = ""
+                    for _ in range(100):  # the lag gauge appears after the first commit cycle
+                        async with http.get(f"{base}/metrics") as response:
+                            assert response.status == 200
+                            text = await response.text()
+                        if "pipeline_consumer_lag{" in text:
+                            break
+                        await asyncio.sleep(0.1)
+                    statuses = {}
+                    for path in sorted(probe_paths()):
+                        async with http.get(base + path) as response:
+                            statuses[path] = response.status
+                env = {**os.environ, "PIPELINE_METRICS_PORT": str(health.port)}
+                healthcheck_live = await run_command(image_healthcheck(), env)
+                closed = {**env, "PIPELINE_METRICS_PORT": str(unused_port())}
+                healthcheck_closed = await run_command(image_healthcheck(), closed)
+                simulator_check = [part.replace(":8089/", f":{sim.port}/") for part in compose_healthcheck("simulator")]
+                simulator_healthcheck = await run_command(simulator_check, dict(os.environ))
+            finally:
+                await health.stop()
+    return LiveWorker(Exposition.parse(text), statuses, healthcheck_live, healthcheck_closed, simulator_healthcheck)
+
+
+@pytest.fixture(scope="module")
+def live(kafka_broker: Broker) -> LiveWorker:
+    return asyncio.run(scrape_running_worker(kafka_broker.bootstrap_servers))
+
+
+def recorded_labels() -> dict[str, set[str]]:
+    """The labels each recording rule's series carry (its outermost grouping)."""
+    labels = {}
+    for rule in rules():
+        if "record" in rule:
+            outer = re.match(r"\s*\w+\s+by\s*\(([^)]*)\)", rule["expr"])
+            labels[rule["record"]] = {name.strip() for name in outer[1].split(",")} if outer else set()
+    return labels
+
+
+def series_labels(name: str, live: LiveWorker) -> set[str] | None:
+    """The labels a series name has in Prometheus: exported ones plus the target's; ``None`` if unknown."""
+    if name == "up":
+        return set(TARGET_LABELS)
+    if name in recorded_names():
+        return recorded_labels()[name]
+    exported = live.exposition.samples.get(name)
+    return None if exported is None else set(exported | TARGET_LABELS)
+
+
+def test_the_scrape_saw_every_route_so_labelled_series_exist(live: LiveWorker) -> None:
+    samples = live.exposition.samples
+    for name in (
+        "pipeline_jobs_routed_total",
+        "pipeline_provider_requests_total",
+        "pipeline_provider_retries_total",
+        "pipeline_tokens_total",
+        "pipeline_consumer_lag",
+        "pipeline_committed_offset",
+    ):
+        assert name in samples, f"{name} has no series in the scrape: the jobs did not exercise it"
+
+
+def test_every_metric_in_the_rules_and_the_dashboard_is_exported(live: LiveWorker) -> None:
+    missing = [
+        f"{where}: {name}"
+        for where, query in ops_queries()
+        for name in query.selectors
+        if series_labels(name, live) is None
+    ]
+    assert not missing, "not exported by the worker:\n" + "\n".join(missing)
+
+
+def test_every_label_matched_or_grouped_on_exists_on_its_metrics(live: LiveWorker) -> None:
+    problems = []
+    for where, query in ops_queries():
+        available: set[str] = set()
+        for name, matched in query.selectors.items():
+            labels = series_labels(name, live) or set()
+            available |= labels
+            if matched - labels:
+                problems.append(f"{where}: {name} has no label {sorted(matched - labels)}")
+        available |= {"le"} if any(name.endswith("_bucket") for name in query.selectors) else set()
+        if query.grouping - available:
+            problems.append(f"{where}: grouping on {sorted(query.grouping - available)}, which no metric has")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_dashboard_legends_use_labels_the_query_keeps(live: LiveWorker) -> None:
+    problems = []
+    for panel, target in dashboard_targets():
+        used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+        query = analyse(grafana_to_promql(target["expr"]))
+        kept = query.grouping or set().union(*(series_labels(n, live) or set() for n in query.selectors))
+        if used - kept:
+            problems.append(f"{panel['title']!r}: legend uses {sorted(used - kept)}, the query keeps {sorted(kept)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_counters_are_queried_with_total_and_histograms_through_buckets(live: LiveWorker) -> None:
+    types = live.exposition.types
+    for where, query in ops_queries():
+        for name in query.selectors:
+            if name in types:
+                assert types[name] not in ("counter", "histogram"), f"{where}: {name} needs a suffix"
+            if name.endswith("_total"):
+                assert types.get(name.removesuffix("_total")) == "counter", f"{where}: {name} is not a counter"
+            if name.endswith("_bucket"):
+                family = name.removesuffix("_bucket")
+                assert types.get(family) == "histogram", f"{where}: {name} is not a histogram's bucket"
+                assert "histogram_quantile" in query.expr, f"{where}: buckets only make sense in a quantile"
+
+
+def test_every_exported_metric_is_charted_or_alerted_on(live: LiveWorker) -> None:
+    used = {name for _, query in ops_queries() for name in query.selectors}
+    used_families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
+    families = {name for name in live.exposition.types if name.startswith("pipeline_")}
+    unused = families - used_families - set(NOT_CHARTED)
+    assert not unused, f"exported but on no panel and in no rule (chart them or list them in NOT_CHARTED): {unused}"
+
+
+def test_every_probe_path_answers_200_on_a_running_worker(live: LiveWorker) -> None:
+    assert {"/healthz", "/readyz"} <= set(live.statuses)
+    assert live.statuses == dict.fromkeys(live.statuses, 200)
+
+
+def test_the_image_healthcheck_passes_on_a_running_worker_and_fails_without_one(live: LiveWorker) -> None:
+    assert live.healthcheck_live == 0
+    assert live.healthcheck_closed != 0
+
+
+def test_the_simulator_healthcheck_passes_on_a_running_simulator(live: LiveWorker) -> None:
+    assert live.simulator_healthcheck == 0
