@@ -178,6 +178,7 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     revoke_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_job_bytes: Annotated[int, msgspec.Meta(ge=256)] = 1_048_576
+    topic_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     review_threshold: Probability | None = None
     review_thresholds: dict[str, Probability] = msgspec.field(default_factory=dict)
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
@@ -201,6 +202,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_DRAIN_TIMEOUT_S", "drain_timeout_s", "on SIGTERM, how long in-flight jobs may finish"),
     Option("PIPELINE_REVOKE_TIMEOUT_S", "revoke_timeout_s", "on rebalance, how long revoked jobs may finish"),
     Option("PIPELINE_MAX_JOB_BYTES", "max_job_bytes", "larger job records go to review as invalid_job"),
+    Option("PIPELINE_TOPIC_WAIT_S", "topic_wait_s", "at start, how long to wait for missing topics (default 0)"),
     Option("PIPELINE_REVIEW_THRESHOLD", "review_threshold", "review when any category score reaches this"),
     Option("PIPELINE_REVIEW_THRESHOLDS", "review_thresholds", "per-category thresholds: violence=0.3,hate=0.5"),
     Option("PIPELINE_SESSION_TIMEOUT_MS", "session_timeout_ms", "consumer group session timeout"),

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pipeline import __version__
 from schemas.chat import Usage
 
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -82,9 +83,17 @@ class Metrics:
         self.committed_offset = Gauge(
             "pipeline_committed_offset", "Last committed offset", ["topic", "partition"], registry=r
         )
+        self.last_commit_time = Gauge(
+            "pipeline_last_commit_timestamp_seconds",
+            "Unix time of the last successful commit",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "pipeline_consumer_lag", "High watermark minus committed offset", ["topic", "partition"], registry=r
         )
+        self.build_info = Gauge("pipeline_build_info", "Always 1; the running version", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
         self.commit_metadata_supported = Gauge(
             "pipeline_commit_metadata_supported",
             "1 when the broker keeps commit metadata (the done-offset map is on)",
@@ -96,7 +105,7 @@ class Metrics:
         self.tokens.labels(model, "completion").inc(usage.completion_tokens)
 
     def forget_partition(self, topic: str, partition: int) -> None:
-        for gauge in (self.committed_offset, self.consumer_lag):
+        for gauge in (self.committed_offset, self.consumer_lag, self.last_commit_time):
             with contextlib.suppress(KeyError):
                 gauge.remove(topic, str(partition))
 

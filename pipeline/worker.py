@@ -60,6 +60,10 @@ log = logging.getLogger("pipeline.worker")
 _encoder: Final = msgspec.json.Encoder()
 #: Resume fetching once in-flight work falls below this share of the limits.
 RESUME_AT: Final = 0.75
+#: /healthz fails when the fetch loop has not turned for this long (a wedged loop, not a slow provider).
+LIVENESS_STALL_S: Final = 60.0
+#: How often lag is measured against the log end while partitions are paused (their fetches stop).
+END_OFFSETS_EVERY_S: Final = 10.0
 PRODUCE_BACKOFF_MAX_S: Final = 5.0
 
 
@@ -142,12 +146,17 @@ class Worker:
         self._keeps_metadata = False
         self._running = False
         self._draining = False
+        self._last_poll = time.monotonic()
+        self._end_offsets: dict[TopicPartition, int] = {}
+        self._end_offsets_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def alive(self) -> bool:
-        return self._running
+        """Running, and the fetch loop turned recently (or it is draining, which stops fetching on purpose)."""
+        stalled = time.monotonic() - self._last_poll > LIVENESS_STALL_S
+        return self._running and (self._draining or not stalled)
 
     @property
     def ready(self) -> bool:
@@ -189,9 +198,16 @@ class Worker:
             await self._admin.close()
 
     async def _check_topics(self) -> None:
-        topics = set(await self._admin.list_topics())
+        """Fail at start when a topic is missing, after waiting up to ``topic_wait_s`` for it to appear."""
         needed = (self.settings.input_topic, self.settings.output_topic, self.settings.review_topic)
-        missing = [topic for topic in needed if topic not in topics]
+        deadline = time.monotonic() + self.settings.topic_wait_s
+        while True:
+            topics = set(await self._admin.list_topics())
+            missing = [topic for topic in needed if topic not in topics]
+            if not missing or time.monotonic() >= deadline:
+                break
+            log.info("waiting for topics", extra={"detail": ", ".join(missing)})
+            await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         if missing:
             raise TopicMissing(
                 f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found on "
@@ -215,6 +231,7 @@ class Worker:
     async def _fetch_until(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
         while not stop.is_set():
+            self._last_poll = time.monotonic()
             self._apply_backpressure()
             room = self.settings.concurrency - self._in_flight
             try:
@@ -440,7 +457,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             await self._commit()
-            self._update_lag()
+            await self._update_lag()
 
     def _commit_point(self, ledger: PartitionLedger) -> tuple[int, str] | None:
         offset = ledger.commit_offset()
@@ -466,16 +483,30 @@ class Worker:
                 log.warning("commit failed; will retry", extra={"error": type(exc).__name__})
                 return
             self.metrics.commits.inc()
+            now = time.time()
             for tp, committed in offsets.items():
                 self._last_commit[tp] = (committed.offset, committed.metadata)
-                self.metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(committed.offset)
+                labels = (tp.topic, str(tp.partition))
+                self.metrics.committed_offset.labels(*labels).set(committed.offset)
+                self.metrics.last_commit_time.labels(*labels).set(now)
 
-    def _update_lag(self) -> None:
-        for tp in self._ledgers:
-            highwater = self._consumer.highwater(tp)
-            committed = self._last_commit.get(tp)
-            if highwater is not None and committed is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed[0]))
+    async def _update_lag(self) -> None:
+        """Lag per owned partition: log end minus the commit point (uncommitted partitions included).
+
+        The end is the fetch high watermark; paused partitions are not fetched, so their end is also asked
+        for every ``END_OFFSETS_EVERY_S`` (exact on Apache Kafka; a little low on the embedded broker).
+        """
+        if self._paused and time.monotonic() - self._end_offsets_at > END_OFFSETS_EVERY_S:
+            self._end_offsets_at = time.monotonic()
+            try:
+                self._end_offsets = await self._consumer.end_offsets(list(self._ledgers))
+            except KafkaError:
+                self._end_offsets = {}
+        for tp, ledger in list(self._ledgers.items()):
+            end = max(self._consumer.highwater(tp) or 0, self._end_offsets.get(tp, 0))
+            point = ledger.commit_offset()
+            if end and point is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - point))
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         stored: dict[TopicPartition, OffsetAndMetadata] = {}
