@@ -21,7 +21,6 @@ callers look names up in lower case. Messages never contain request headers (the
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -107,9 +106,7 @@ class StreamingResponse(Protocol):
 
 
 class HttpTransport(Protocol):
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
-    ) -> RawResponse: ...
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts) -> RawResponse: ...
 
     def stream(
         self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
@@ -126,11 +123,10 @@ class HttpTransport(Protocol):
 def _aiohttp_error(exc: BaseException) -> TransportError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return TransportTimeout("connect")
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return TransportTimeout("read")
-    # ``type(exc).__name__`` only: some aiohttp messages quote the request, never its headers, but the name
-    # is all a retry decision or a review record needs.
-    return ConnectionFailed(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else type(exc).__name__)
+    # aiohttp's messages name the host and the cause, never the request's headers.
+    return ConnectionFailed(f"{type(exc).__name__}: {exc}")
 
 
 class _AiohttpStreamingResponse:
@@ -154,13 +150,13 @@ class _AiohttpStreamingResponse:
                 if received > self._max_bytes:
                     raise ResponseTooLarge(self._max_bytes)
                 yield chunk
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc) from None
 
     async def read(self) -> bytes:
         try:
             return await _read_capped_aiohttp(self._response, self._max_bytes)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc) from None
 
 
@@ -223,17 +219,15 @@ class AiohttpTransport:
             self._client_timeouts[timeouts] = converted
         return converted
 
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
-    ) -> RawResponse:
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts) -> RawResponse:
         session = self._session_for_loop()
         try:
             async with session.post(
-                url, data=body, headers=headers, timeout=self._client_timeout(timeouts)
+                url, data=body, headers=headers, timeout=self._client_timeout(timeouts), allow_redirects=False
             ) as response:
                 payload = await _read_capped_aiohttp(response, self._max_bytes)
                 return RawResponse(response.status, response.headers, payload)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc) from None
 
     @asynccontextmanager
@@ -243,9 +237,9 @@ class AiohttpTransport:
         session = self._session_for_loop()
         try:
             response = await session.post(
-                url, data=body, headers=headers, timeout=self._client_timeout(timeouts)
+                url, data=body, headers=headers, timeout=self._client_timeout(timeouts), allow_redirects=False
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc) from None
         try:
             yield _AiohttpStreamingResponse(response, self._max_bytes)
@@ -323,9 +317,7 @@ class HttpxTransport:
     async def stream(
         self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
     ) -> AsyncIterator[StreamingResponse]:
-        timeout = httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
-        )
+        timeout = httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool)
         request = self._client.build_request("POST", url, headers=headers, content=body, timeout=timeout)
         try:
             response = await self._client.send(request, stream=True)
@@ -336,9 +328,7 @@ class HttpxTransport:
         finally:
             await response.aclose()
 
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
-    ) -> RawResponse:
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts) -> RawResponse:
         async with self.stream(url, headers, body, timeouts) as response:
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self._max_bytes:

@@ -1,0 +1,279 @@
+"""Whether a failed attempt is worth another, and how long to wait first.
+
+One attempt that did not produce a usable response becomes an :class:`AttemptFailure`: the typed fields a
+``Failed`` outcome carries, plus ``retriable`` and the server's ``retry_after`` as data. The retry loop
+asks the failure (and :func:`next_delay`), never a list of exception classes.
+
+The rules follow the official SDK and go further:
+
+- retried: transport errors, timeouts, 408, 409, 429 and 5xx; ``x-should-retry: true`` also makes other
+  statuses retriable, ``x-should-retry: false`` vetoes any retry;
+- never retried, whatever the headers say: 400, 401, 403, 404, 422 and a 429 whose error is
+  ``insufficient_quota`` (a billing state, not a rate);
+- the wait is the server's ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date) when given, else
+  exponential backoff with jitter, but on a 429 never longer than the ``x-ratelimit-reset-*`` of the
+  exhausted limit (the time until it is full again: waiting longer cannot help);
+- a server-requested wait longer than the cap (or than what is left of the job's deadline) ends the
+  retries at once instead of sleeping on it; a server-requested wait gets up to +10% jitter (never less
+  than asked) so the hundreds of calls a 429 burst hits do not come back in the same millisecond.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import math
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from schemas.chat import ErrorBody
+from schemas.topics import ApiFailureKind
+
+NEVER_RETRIED_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
+RETRIED_STATUSES: Final = frozenset({408, 409, 429})
+QUOTA_ERROR: Final = "insufficient_quota"
+#: How much of an error message a failure keeps (they end up in review records).
+MAX_MESSAGE_CHARS: Final = 500
+
+_error_decoder: Final = msgspec.json.Decoder(ErrorBody)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds on retrying one call. ``max_attempts`` counts the first attempt too."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    #: A server asking for a longer wait than this is given up on.
+    retry_after_cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError("backoff bounds must satisfy 0 <= initial <= max")
+        if self.retry_after_cap_s < 0:
+            raise ValueError("retry_after_cap_s must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailure:
+    """Why one attempt produced no usable response, and whether another attempt may help."""
+
+    failure: ApiFailureKind
+    message: str
+    retriable: bool
+    status: int | None = None
+    error_type: str | None = None
+    code: str | None = None
+    #: Seconds the server asked us to wait (``retry-after-ms`` / ``retry-after``).
+    retry_after_s: float | None = None
+    #: On a 429: seconds until the exhausted limit is full again (``x-ratelimit-reset-*``); bounds backoff.
+    refill_s: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """A short label for metrics and logs: ``http_429``, ``timeout``, ``stream`` …"""
+        return f"http_{self.status}" if self.failure == "http_status" else self.failure
+
+
+# --------------------------------------------------------------------------------------------------
+# Header parsing
+# --------------------------------------------------------------------------------------------------
+
+_GO_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds in a Go ``time.Duration`` string (``6m0s``, ``1.5s``, ``12ms``, ``1h2m3.5s``), else ``None``.
+
+    OpenAI's ``x-ratelimit-reset-*`` headers use this format. A bare number is read as seconds.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        bare = float(text)
+    except ValueError:
+        pass
+    else:
+        return bare if math.isfinite(bare) and bare >= 0 else None
+    total, position = 0.0, 0
+    for match in _GO_DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _GO_UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
+def _finite_non_negative(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if math.isnan(value) or value < 0:
+        return None
+    return value
+
+
+def parse_retry_after(headers: Mapping[str, str], now_epoch_s: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (preferred) or ``retry-after`` (seconds or an HTTP date).
+
+    An HTTP date in the past means "now" (0). Malformed values are ignored; an absurdly large number stays
+    large (``inf``) so the cap rejects it rather than falling back to a shorter backoff.
+    """
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        value = _finite_non_negative(milliseconds.strip())
+        if value is not None:
+            return value / 1000
+    seconds = headers.get("retry-after")
+    if seconds is None:
+        return None
+    value = _finite_non_negative(seconds.strip())
+    if value is not None:
+        return value
+    try:
+        when = email.utils.parsedate_to_datetime(seconds)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC with no claim about the local zone
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now_epoch_s)
+
+
+def rate_limit_reset_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds until every exhausted limit (remaining 0) is full again, per ``x-ratelimit-reset-*``.
+
+    ``None`` when no limit reports 0 remaining with a readable reset.
+    """
+    waits = []
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        if remaining is None or reset is None or remaining.strip() not in ("0", "0.0"):
+            continue
+        seconds = parse_go_duration(reset)
+        if seconds is not None:
+            waits.append(seconds)
+    return max(waits) if waits else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Classifying a response
+# --------------------------------------------------------------------------------------------------
+
+
+def scrub(message: str, secret: str | None) -> str:
+    """Cap a message's length and cut out the secret (some servers echo what they were sent)."""
+    if secret:
+        message = message.replace(secret, "[redacted]")
+    return message[:MAX_MESSAGE_CHARS]
+
+
+def _status_is_retriable(status: int, headers: Mapping[str, str], code: str | None, kind: str | None) -> bool:
+    if status in NEVER_RETRIED_STATUSES or QUOTA_ERROR in (code, kind):
+        return False
+    should_retry = headers.get("x-should-retry")
+    if should_retry == "false":
+        return False
+    if should_retry == "true":
+        return True
+    return status in RETRIED_STATUSES or status >= 500
+
+
+def failure_from_status(
+    status: int, headers: Mapping[str, str], body: bytes, *, now_epoch_s: float, secret: str | None
+) -> AttemptFailure:
+    """The failure an HTTP error response stands for: its error body's fields and the retry verdict."""
+    message, error_type, code = f"HTTP {status}", None, None
+    try:
+        detail = _error_decoder.decode(body).error
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    else:
+        message = f"HTTP {status}: {detail.message}"
+        # type and code are the server's text too, kept in review records: scrubbed like the message
+        error_type = None if detail.type is None else scrub(detail.type, secret)
+        code = None if detail.code is None else scrub(str(detail.code), secret)
+    return AttemptFailure(
+        failure="http_status",
+        message=scrub(message, secret),
+        retriable=_status_is_retriable(status, headers, code, error_type),
+        status=status,
+        error_type=error_type,
+        code=code,
+        retry_after_s=parse_retry_after(headers, now_epoch_s),
+        refill_s=rate_limit_reset_s(headers) if status == 429 else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The delay before the next attempt
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    why: str
+
+
+RetryDecision = RetryAfter | GiveUp
+
+
+def backoff_s(policy: RetryPolicy, retries_so_far: int, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": a random point in the upper half of the step.
+
+    The SDK takes off at most 25% of the step; spreading over half of it decorrelates a burst of failures
+    better while keeping a floor, so a retry never fires immediately after a failure.
+    """
+    step = min(policy.initial_backoff_s * 2.0 ** min(retries_so_far, 60), policy.max_backoff_s)
+    return step * (0.5 + 0.5 * rng.random())
+
+
+def next_delay(
+    failure: AttemptFailure,
+    *,
+    attempts_made: int,
+    policy: RetryPolicy,
+    remaining_s: float,
+    rng: random.Random,
+) -> RetryDecision:
+    """Retry after how long, or give up, after ``attempts_made`` attempts ended in ``failure``."""
+    if not failure.retriable:
+        return GiveUp("not retriable")
+    if attempts_made >= policy.max_attempts:
+        return GiveUp(f"{attempts_made} attempts made")
+    if failure.retry_after_s is not None:
+        if failure.retry_after_s > policy.retry_after_cap_s:
+            return GiveUp(f"server asked to wait {failure.retry_after_s:g}s, over the cap")
+        delay = failure.retry_after_s * (1 + 0.1 * rng.random())
+    else:
+        delay = backoff_s(policy, attempts_made - 1, rng)
+        if failure.refill_s is not None:
+            delay = min(delay, failure.refill_s)
+    if delay >= remaining_s:
+        return GiveUp(f"a {delay:.3g}s wait would pass the job's deadline")
+    return RetryAfter(delay)
