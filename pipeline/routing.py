@@ -8,6 +8,7 @@ flagged on either side (by the provider, or by a configured stricter threshold) 
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
 import msgspec
@@ -180,9 +181,32 @@ def salvage_job_id(raw: bytes) -> str | None:
     """The ``id`` of an invalid job when it still has a readable string one, so review can key it."""
     try:
         job_id = _job_id_decoder.decode(raw).id
-    except (msgspec.MsgspecError, RecursionError):
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
         return None
     return job_id or None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise _RepeatedKey(next(name for name in names if names.count(name) > 1))
+    return dict(pairs)
+
+
+def repeated_key(raw: bytes) -> str | None:
+    """A key that some object of a decoded job names twice (msgspec silently keeps the last value, another
+    reader may keep the first: which job is meant is ambiguous, so it is not a job)."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        pass  # the record already decoded as a job; this only looks for repeated keys
+    return None
 
 
 def route_invalid(raw: bytes, reason: InvalidJob) -> ToReview:

@@ -41,7 +41,7 @@ from pipeline.kafka import (
 from pipeline.ledger import DoneRanges, PartitionLedger, decode_done_map
 from pipeline.metrics import Metrics
 from pipeline.outcomes import Failed, Outcome
-from pipeline.routing import Route, Thresholds, ToOutput, ToReview, route, route_invalid
+from pipeline.routing import Route, Thresholds, ToOutput, ToReview, repeated_key, route, route_invalid
 from schemas.chat import TextPart, UserMessage
 from schemas.topics import (
     HEADER_REPLAY_COUNT,
@@ -344,6 +344,8 @@ class Worker:
         raw = record.value or b""
         source = Source(topic=record.topic, partition=record.partition, offset=record.offset)
         decoded = decode_job(raw, max_bytes=self.settings.max_job_bytes)
+        if not isinstance(decoded, JobDecodeError) and (key := repeated_key(raw)) is not None:
+            decoded = JobDecodeError(error=f"not a valid job: an object names the key {key!r} twice (ambiguous)")
         if isinstance(decoded, JobDecodeError):
             routed: Route = route_invalid(raw, invalid_job(raw, decoded, source))
         else:

@@ -207,6 +207,8 @@ def decode_job(raw: bytes, *, max_bytes: int = DEFAULT_MAX_JOB_BYTES) -> Job | J
         return JobDecodeError(error=message, path=path)
     except msgspec.DecodeError as exc:
         return JobDecodeError(error=f"not valid JSON: {exc}")
+    except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
+        return JobDecodeError(error=f"not valid UTF-8: byte {exc.start} of a string is {exc.reason}")
     except RecursionError:
         return JobDecodeError(error="not a valid job: nested too deeply")
 
