@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.broker import answers_metadata, free_port
-from tests.fixtures.broker import Broker
+from tests.fixtures.broker import Broker, require_transactions
 
 
 async def produce_and_consume_in_a_group(bootstrap: str, topic: str, count: int) -> list[bytes]:
@@ -88,3 +88,15 @@ def test_pipeline_broker_reports_a_port_in_use() -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=15)
+
+
+async def test_transactions_where_the_broker_has_them(kafka_broker: Broker, topic_prefix: str) -> None:
+    """The pipeline is at-least-once without transactions; this records what each broker offers."""
+    require_transactions(kafka_broker)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, transactional_id=topic_prefix)
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(f"{topic_prefix}-tx", b"inside a transaction")
+    finally:
+        await producer.stop()
