@@ -10,8 +10,10 @@ import signal
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from pipeline.config import ConfigError, read_toml
 from pipeline.simulator.config import OPTIONS, SimulatorConfig, config_from_env, with_values
 from pipeline.simulator.directives import ALL_FAULTS
 from pipeline.simulator.server import Simulator
@@ -37,6 +39,7 @@ EPILOG = _EPILOG_TEMPLATE.format(faults=textwrap.fill(", ".join(ALL_FAULTS), wid
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML file with a [pipeline_sim] table of options")
     parser.add_argument(
         "--host", default=os.environ.get("PIPELINE_SIM_HOST", "127.0.0.1"), help="address to bind (127.0.0.1)"
     )
@@ -71,8 +74,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    """Environment first, then the flags given (an unparsable value raises ``ValueError``)."""
-    config = config_from_env()
+    """The TOML file (``--config``), then the environment, then the flags given.
+
+    In the file the options are the ``[pipeline_sim]`` table (``latency = "fixed:200"`` is
+    ``PIPELINE_SIM_LATENCY``), as in the other commands' shared configuration layer. An unparsable value
+    raises ``ValueError``.
+    """
+    environ: dict[str, str] = dict(os.environ)
+    if getattr(args, "config", None):
+        try:
+            toml = read_toml(Path(args.config), [option.env for option in OPTIONS])
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        environ = {**toml, **environ}
+    config = config_from_env(environ)
     values: dict[str, Any] = {}
     for option in OPTIONS:
         text = getattr(args, option.field, None)

@@ -1,5 +1,6 @@
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,16 @@ def test_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "pipeline simulate --port 8089" in out
     assert "--faults" in out and "--rpm" in out
+
+
+def test_a_toml_file_sets_options_under_flags_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config_file = tmp_path / "pipeline.toml"
+    config_file.write_text('[pipeline_sim]\nlatency = "fixed:20"\nrpm = 600\ntpm = 9000\n')
+    monkeypatch.setenv("PIPELINE_SIM_RPM", "120")
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    config = cli.config_from_args(parser.parse_args(["--config", str(config_file), "--tpm", "5000"]))
+    assert (config.latency, config.rpm, config.tpm) == (FixedLatency(ms=20.0), 120, 5000)
+    config_file.write_text('[pipeline_sim]\nlatenc = "fixed:20"\n')
+    with pytest.raises(ValueError, match=r"unknown setting pipeline_sim\.latenc"):
+        cli.config_from_args(parser.parse_args(["--config", str(config_file)]))
