@@ -19,10 +19,20 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from pipeline.config import WORKER_OPTIONS, Option, WorkerSettings, add_option_flags, load_worker_settings
 from pipeline.config import resolve_values as _resolve_values
 from pipeline.kafka import KAFKA_OPTIONS, KafkaSettings, load_kafka_settings, make_admin
+from schemas.topics import REASON_KINDS
 
 
 class CliError(Exception):
     """A failure the user can act on, printed as one line (no traceback) with a non-zero exit."""
+
+
+def parse_reasons(text: str) -> set[str]:
+    """``--reason flagged,api_error``: the review reason kinds named, each one checked."""
+    reasons = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = reasons - set(REASON_KINDS)
+    if unknown:
+        raise CliError(f"--reason: unknown kind {', '.join(sorted(unknown))}; known: {', '.join(REASON_KINDS)}")
+    return reasons
 
 
 def run_async(

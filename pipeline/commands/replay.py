@@ -21,6 +21,7 @@ from pipeline.commands.common import (
     add_kafka_flags,
     kafka_errors,
     load_common,
+    parse_reasons,
     partitions_of,
     read_to_end,
     require_topics,
@@ -28,7 +29,7 @@ from pipeline.commands.common import (
 )
 from pipeline.commands.tail import describe_reason
 from pipeline.kafka import make_consumer, make_producer
-from schemas.topics import HEADER_JOB_ID, HEADER_REPLAY_COUNT, REASON_KINDS, Review, reason_kind
+from schemas.topics import HEADER_JOB_ID, HEADER_REPLAY_COUNT, Review, reason_kind
 
 _review_decoder = msgspec.json.Decoder(Review)
 _encoder = msgspec.json.Encoder()
@@ -47,10 +48,7 @@ def replay_count(headers: Any) -> int:
 async def replay_reviews(args: argparse.Namespace) -> int:
     common = load_common(args)
     worker = common.worker
-    reasons = {r.strip() for r in args.reason.split(",") if r.strip()}
-    unknown = reasons - set(REASON_KINDS)
-    if unknown:
-        raise CliError(f"--reason: unknown kind {', '.join(sorted(unknown))}; known: {', '.join(REASON_KINDS)}")
+    reasons = parse_reasons(args.reason)
     if "invalid_job" in reasons:
         raise CliError("--reason invalid_job: invalid jobs carry no job to replay; fix them at the producer")
     await require_topics(common.kafka, [worker.review_topic, worker.input_topic])

@@ -14,13 +14,13 @@ from pipeline.commands.common import (
     add_kafka_flags,
     kafka_errors,
     load_common,
+    parse_reasons,
     partitions_of,
     require_topics,
     run_async,
 )
 from pipeline.kafka import make_consumer
 from schemas.topics import (
-    REASON_KINDS,
     ApiFailure,
     Flagged,
     InvalidJob,
@@ -83,13 +83,9 @@ def _review_kind(value: bytes) -> str | None:
 async def tail_topic(args: argparse.Namespace) -> int:
     common = load_common(args)
     topic = common.worker.output_topic if args.role == "completions" else common.worker.review_topic
-    reasons = {r.strip() for r in args.reason.split(",")} if args.reason else None
-    if reasons is not None:
-        if args.role != "review":
-            raise CliError("--reason filters review records: use `pipeline tail review --reason ...`")
-        unknown = reasons - set(REASON_KINDS)
-        if unknown:
-            raise CliError(f"--reason: unknown kind {', '.join(sorted(unknown))}; known: {', '.join(REASON_KINDS)}")
+    reasons = parse_reasons(args.reason) if args.reason else None
+    if reasons is not None and args.role != "review":
+        raise CliError("--reason filters review records: use `pipeline tail review --reason ...`")
     await require_topics(common.kafka, [topic])
     consumer = make_consumer(common.kafka, None)
     with kafka_errors(common.kafka):
