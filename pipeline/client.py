@@ -528,7 +528,7 @@ class ChatClient:
     def _decode_completion(self, body: bytes) -> ChatCompletion | AttemptFailure:
         try:
             return _completion_decoder.decode(body)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             message = scrub(f"response is not a chat completion: {exc}", self._secret)
             return AttemptFailure(failure="decode", message=message, retriable=False)
 
@@ -593,7 +593,7 @@ class ChatClient:
                     return self._status_failure(response.status, response.headers, response.body)
                 try:
                     return _moderations_decoder.decode(response.body)
-                except (msgspec.DecodeError, RecursionError) as exc:
+                except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
                     message = scrub(f"not a moderation response: {exc}", self._secret)
                     return AttemptFailure(failure="decode", message=message, retriable=False)
 

@@ -206,7 +206,7 @@ def failure_from_status(
     message, error_type, code = f"HTTP {status}", None, None
     try:
         detail = _error_decoder.decode(body).error
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         pass
     else:
         message = f"HTTP {status}: {detail.message}"

@@ -289,11 +289,11 @@ def _apply(event: SseEvent, assembler: ChunkAssembler) -> AttemptFailure | None:
         try:
             assembler.add(_chunk_decoder.decode(event.data))
             return None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             problem = f"bad stream chunk: {exc}"
     try:
         return _error_event_failure(_error_decoder.decode(event.data))
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         if event.event == "error":
             return AttemptFailure(failure="stream", message=problem, retriable=True)
         return AttemptFailure(failure="decode", message=problem, retriable=False)
@@ -320,6 +320,6 @@ async def read_stream(body: AsyncIterator[bytes]) -> ChatCompletion | AttemptFai
     if last is not None and last.data != DONE:
         try:
             return _error_event_failure(_error_decoder.decode(last.data))
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             pass
     return AttemptFailure(failure="stream", message="stream ended without [DONE] (truncated)", retriable=True)
