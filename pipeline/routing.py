@@ -9,6 +9,7 @@ flagged on either side (by the provider, or by a configured stricter threshold) 
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
 import msgspec
@@ -70,8 +71,9 @@ def _which(sides: list[Side]) -> Sides:
 
 def _flagged_categories(side: Side, results: ModerationResults, thresholds: Thresholds) -> list[FlaggedCategory]:
     found: dict[str, FlaggedCategory] = {}
+    any_limit = thresholds.any_category is not None or bool(thresholds.per_category)
     for result in results.results:
-        for category, score in result.category_scores.items():
+        for category, score in result.category_scores.items() if any_limit else ():
             limit = thresholds.limit(category)
             if category not in found and limit is not None and score >= limit:
                 found[category] = FlaggedCategory(side=side, category=category, score=score, source="threshold")
@@ -197,9 +199,34 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return dict(pairs)
 
 
+_any_decoder: Final = msgspec.json.Decoder()
+_any_encoder: Final = msgspec.json.Encoder()
+_ESCAPED_COLON: Final = re.compile(rb"\\u003[aA]")
+
+
+def _no_repeated_key(raw: bytes) -> bool:
+    """A cheap proof that no object in ``raw`` (valid JSON) names a key twice; False means "look closer".
+
+    Every colon of JSON text outside a string separates an object member. Decoding keeps one member per
+    distinct key, and re-encoding writes one colon per member kept plus every colon inside the strings kept.
+    So the two texts have as many colons exactly when no key repeats: a repeated member takes its colon (and
+    any in its strings) with it. A colon written as an escape (``\\u003a``) is a colon only once decoded,
+    which would break the count: such a record takes the exact path.
+    """
+    if _ESCAPED_COLON.search(raw):
+        return False
+    try:
+        again = _any_encoder.encode(_any_decoder.decode(raw))
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, OverflowError):
+        return False
+    return raw.count(b":") == again.count(b":")
+
+
 def repeated_key(raw: bytes) -> str | None:
     """A key that some object of a decoded job names twice (msgspec silently keeps the last value, another
     reader may keep the first: which job is meant is ambiguous, so it is not a job)."""
+    if _no_repeated_key(raw):
+        return None  # the common case, at about a fifth of the cost of the exact check below
     try:
         json.loads(raw, object_pairs_hook=_unique_keys)
     except _RepeatedKey as exc:

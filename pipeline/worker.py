@@ -27,6 +27,7 @@ import msgspec
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from prometheus_client import Counter
 
 from pipeline.config import WorkerSettings
 from pipeline.kafka import (
@@ -58,13 +59,29 @@ from schemas.topics import (
 log = logging.getLogger("pipeline.worker")
 
 _encoder: Final = msgspec.json.Encoder()
-#: Resume fetching once in-flight work falls below this share of the limits.
-RESUME_AT: Final = 0.75
+#: Resume fetching once in-flight work falls below this share of the limits. Close to 1, so the concurrency
+#: stays in use (at 0.75, about an eighth of it sat idle on average); pausing and resuming are cheap, as
+#: the fetch loop waits for room without polling the consumer (which would drop what it had fetched).
+RESUME_AT: Final = 0.95
 #: /healthz fails when the fetch loop has not turned for this long (a wedged loop, not a slow provider).
 LIVENESS_STALL_S: Final = 60.0
 #: How often lag is measured against the log end while partitions are paused (their fetches stop).
 END_OFFSETS_EVERY_S: Final = 10.0
 PRODUCE_BACKOFF_MAX_S: Final = 5.0
+#: On a stop, how long the fetch loop may take to notice it before it is cancelled (held by a rebalance).
+STOP_FETCH_GRACE_S: Final = 1.0
+#: Bytes a partition's producer batch may hold. aiokafka's default (16 KiB) holds five results (about 3 KB
+#: each with both moderation sides), so under load ``send`` kept waiting for batches to drain; far below
+#: the brokers' 1 MB default message (batch) size.
+PRODUCER_BATCH_BYTES: Final = 256 * 1024
+#: While paused, the fetch loop checks for room (and for a stop) this often...
+PAUSED_WAIT_S: Final = 0.1
+#: ...and polls the consumer this often (at most a quarter of the max poll interval), so it stays in its group.
+PAUSED_POLL_S: Final = 5.0
+
+
+#: A record ready to produce: topic, key, value, headers.
+_Encoded = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 class CompletionClient(Protocol):
@@ -132,7 +149,7 @@ class Worker:
             max_partition_fetch_bytes=max(settings.max_job_bytes, 1_048_576),
             fetch_max_bytes=max(settings.max_job_bytes * 4, 52_428_800),
         )
-        self._producer = make_producer(kafka)
+        self._producer = make_producer(kafka, max_batch_size=PRODUCER_BATCH_BYTES)
         self._admin = make_admin(kafka)
         self._ledgers: dict[TopicPartition, PartitionLedger] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
@@ -143,12 +160,18 @@ class Worker:
         self._in_flight = 0
         self._bytes_in_flight = 0
         self._paused = False
+        #: Set when in-flight work falls to the resume level while paused: wakes the fetch loop at once.
+        self._room = asyncio.Event()
         self._keeps_metadata = False
         self._running = False
         self._draining = False
         self._last_poll = time.monotonic()
         self._end_offsets: dict[TopicPartition, int] = {}
         self._end_offsets_at = 0.0
+        # Read when scraped rather than set on every job start and finish.
+        self.metrics.jobs_in_flight.set_function(lambda: self._in_flight)
+        self.metrics.bytes_in_flight.set_function(lambda: self._bytes_in_flight)
+        self._routed_counters: dict[tuple[str, str], Counter] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,11 +202,13 @@ class Worker:
             await self._producer.start()
             try:
                 self._consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
-                await self._consumer.start()
+                if not await self._started_unless_stopped(stop):
+                    await self._consumer.stop()
+                    return
                 self._running = True
                 committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
                 try:
-                    await self._fetch_until(stop)
+                    await self._fetch_until_stopped(stop)
                     await self._drain()
                 finally:
                     self._running = False
@@ -228,14 +253,56 @@ class Worker:
         self.metrics.commit_metadata_supported.set(1 if keeps else 0)
         return keeps
 
+    async def _started_unless_stopped(self, stop: asyncio.Event) -> bool:
+        """Start the consumer, or give up when a stop comes first: aiokafka's ``start`` waits for the group's
+        first assignment, which a stuck rebalance may never bring."""
+        starting = asyncio.create_task(self._consumer.start(), name="consumer-start")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            starting.cancel()  # nothing to cancel once started
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+            return True
+        log.info("stopped before the first assignment")
+        return False
+
+    async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
+        """The fetch loop, given up on when a stop finds it held by a rebalance: aiokafka's ``getmany`` waits
+        out a rebalance whatever its timeout, and a stop must not wait for the group (drain, commit, leave)."""
+        fetching = asyncio.create_task(self._fetch_until(stop), name="fetch-loop")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetching.done():
+                await asyncio.wait({fetching}, timeout=STOP_FETCH_GRACE_S)  # its next turn sees the stop
+        finally:
+            stopping.cancel()
+            fetching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetching  # cancelled at an await: whatever getmany handed over was already submitted
+
     async def _fetch_until(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
+        keepalive_s = min(PAUSED_POLL_S, self.settings.max_poll_interval_ms / 4000)
+        polled = time.monotonic()
         while not stop.is_set():
             self._last_poll = time.monotonic()
             self._apply_backpressure()
+            timeout_ms = 100
+            if self._paused:
+                # Wait for room here, not in getmany: getmany would sleep out its timeout after room came back,
+                # and it drops the records already fetched for paused partitions (fetched again on resume).
+                # It is still called now and then, so the consumer keeps polling and its place in the group.
+                if await self._room_within(PAUSED_WAIT_S) or time.monotonic() - polled < keepalive_s:
+                    continue
+                timeout_ms = 0
             room = self.settings.concurrency - self._in_flight
             try:
-                batches = await consumer.getmany(timeout_ms=100, max_records=max(room, 1))
+                batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max(room, 1))
+                polled = time.monotonic()
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(0.5)
@@ -264,12 +331,27 @@ class Worker:
     def _all_tasks(self) -> set[asyncio.Task[None]]:
         return set().union(*self._tasks.values()) if self._tasks else set()
 
-    def _apply_backpressure(self) -> None:
-        full = self._in_flight >= self.settings.concurrency or self._bytes_in_flight >= self.settings.max_buffered_bytes
-        calm = (
+    def _calm(self) -> bool:
+        return (
             self._in_flight <= self.settings.concurrency * RESUME_AT
             and self._bytes_in_flight <= self.settings.max_buffered_bytes * RESUME_AT
         )
+
+    async def _room_within(self, timeout_s: float) -> bool:
+        """Whether in-flight work fell to the resume level within ``timeout_s``."""
+        self._room.clear()
+        if self._calm():
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _apply_backpressure(self) -> None:
+        full = self._in_flight >= self.settings.concurrency or self._bytes_in_flight >= self.settings.max_buffered_bytes
+        calm = self._calm()
         assignment = list(self._consumer.assignment())
         if full and not self._paused:
             self._consumer.pause(*assignment)
@@ -290,7 +372,6 @@ class Worker:
         item = _InFlight(tp=tp, epoch=ledger.epoch, record=record, size=len(record.value or b""))
         self._in_flight += 1
         self._bytes_in_flight += item.size
-        self._gauge_in_flight()
         if self.settings.ordering == "key" and record.key is not None:
             queue = self._key_queues.setdefault((tp, record.key), deque())
             queue.append(item)
@@ -302,10 +383,6 @@ class Worker:
         task = asyncio.create_task(self._run_job(item))
         self._tasks.setdefault(item.tp, set()).add(task)
 
-    def _gauge_in_flight(self) -> None:
-        self.metrics.jobs_in_flight.set(self._in_flight)
-        self.metrics.bytes_in_flight.set(self._bytes_in_flight)
-
     async def _run_job(self, item: _InFlight) -> None:
         finished = False
         try:
@@ -314,7 +391,8 @@ class Worker:
         finally:
             self._in_flight -= 1
             self._bytes_in_flight -= item.size
-            self._gauge_in_flight()
+            if self._paused and self._calm():
+                self._room.set()
             tasks = self._tasks.get(item.tp)
             if tasks is not None:
                 tasks.discard(asyncio.current_task())
@@ -369,7 +447,7 @@ class Worker:
             )
         return outcome
 
-    def _encode(self, routed: Route, item: _InFlight) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
+    def _encode(self, routed: Route, item: _InFlight) -> _Encoded:
         record = item.record
         job_id: str | None
         kind: str | None
@@ -392,25 +470,27 @@ class Worker:
         )
         return topic, key, value, headers
 
-    def _fit(self, routed: Route, item: _InFlight) -> Route:
-        """A record that fits the producer's limit: an oversize result becomes a slimmer review."""
+    def _fit(self, routed: Route, item: _InFlight) -> tuple[Route, _Encoded]:
+        """A record that fits the producer's limit (an oversize result becomes a slimmer review), encoded."""
         limit = self.kafka.max_record_bytes
-        if len(self._encode(routed, item)[2]) <= limit:
-            return routed
+        encoded = self._encode(routed, item)
+        if len(encoded[2]) <= limit:
+            return routed, encoded  # the usual case: encoded once
         if isinstance(routed, ToReview):
             slim = msgspec.structs.replace(routed.review, job=None, completion=None)
             if len(_encoder.encode(slim)) <= limit:
-                return ToReview(slim)
+                slimmer = ToReview(slim)
+                return slimmer, self._encode(slimmer, item)
             source, job_id = routed.review.source, routed.review.id
         else:
             source, job_id = routed.result.source, routed.result.id
         reason = ApiFailure(failure="oversize", message=f"the result exceeds the {limit}-byte record limit", attempts=0)
-        return ToReview(Review(id=job_id, reason=reason, source=source))
+        oversize = ToReview(Review(id=job_id, reason=reason, source=source))
+        return oversize, self._encode(oversize, item)
 
     async def _deliver(self, routed: Route, item: _InFlight) -> None:
         """Produce until the broker acknowledges it; a result is never dropped (cancellation aside)."""
-        routed = self._fit(routed, item)
-        topic, key, value, headers = self._encode(routed, item)
+        routed, (topic, key, value, headers) = self._fit(routed, item)
         delay = 0.1
         while True:
             try:
@@ -436,7 +516,11 @@ class Worker:
         else:
             review = routed.review
             destination, reason, job_id, attempts = "review", reason_kind(review.reason), review.id, review.attempts
-        self.metrics.jobs_routed.labels(destination, reason).inc()
+        counter = self._routed_counters.get((destination, reason))
+        if counter is None:
+            counter = self.metrics.jobs_routed.labels(destination, reason)
+            self._routed_counters[(destination, reason)] = counter
+        counter.inc()
         if record.timestamp is not None and record.timestamp > 0:
             self.metrics.job_seconds.observe(max(0.0, time.time() - record.timestamp / 1000))
         log.info(
@@ -549,7 +633,6 @@ class Worker:
             waiting = list(self._key_queues.pop(key))[1:]  # the head has a task, cancelled below
             self._in_flight -= len(waiting)
             self._bytes_in_flight -= sum(item.size for item in waiting)
-        self._gauge_in_flight()
         await self._cancel(abandoned)
         self.metrics.partitions_assigned.set(len(self._ledgers))
         log.info(
