@@ -129,26 +129,26 @@ def _aiohttp_error(exc: BaseException) -> TransportError:
     return ConnectionFailed(f"{type(exc).__name__}: {exc}")
 
 
+async def _capped(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """A body's chunks, refused as soon as more than ``max_bytes`` have arrived."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > max_bytes:
+            raise ResponseTooLarge(max_bytes)
+        yield chunk
+
+
 class _AiohttpStreamingResponse:
     def __init__(self, response: aiohttp.ClientResponse, max_bytes: int) -> None:
+        self.status: int = response.status
+        self.headers: Mapping[str, str] = response.headers
         self._response = response
         self._max_bytes = max_bytes
 
-    @property
-    def status(self) -> int:
-        return self._response.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
     async def chunks(self) -> AsyncIterator[bytes]:
-        received = 0
         try:
-            async for chunk in self._response.content.iter_any():
-                received += len(chunk)
-                if received > self._max_bytes:
-                    raise ResponseTooLarge(self._max_bytes)
+            async for chunk in _capped(self._response.content.iter_any(), self._max_bytes):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _aiohttp_error(exc) from None
@@ -271,24 +271,14 @@ def _httpx_error(exc: httpx.TransportError) -> TransportError:
 
 class _HttpxStreamingResponse:
     def __init__(self, response: httpx.Response, max_bytes: int) -> None:
+        self.status: int = response.status_code
+        self.headers: Mapping[str, str] = response.headers
         self._response = response
         self._max_bytes = max_bytes
 
-    @property
-    def status(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
     async def chunks(self) -> AsyncIterator[bytes]:
-        received = 0
         try:
-            async for chunk in self._response.aiter_bytes():
-                received += len(chunk)
-                if received > self._max_bytes:
-                    raise ResponseTooLarge(self._max_bytes)
+            async for chunk in _capped(self._response.aiter_bytes(), self._max_bytes):
                 yield chunk
         except httpx.TransportError as exc:
             raise _httpx_error(exc) from None

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -59,15 +59,22 @@ from schemas.topics import (
 log = logging.getLogger("pipeline.worker")
 
 _encoder: Final = msgspec.json.Encoder()
-#: Resume fetching once in-flight work falls below this share of the limits. Close to 1, so the concurrency
-#: stays in use (at 0.75, about an eighth of it sat idle on average); pausing and resuming are cheap, as
-#: the fetch loop waits for room without polling the consumer (which would drop what it had fetched).
+#: Resume fetching once what is held falls below this share of the limits. Close to 1, so the read-ahead
+#: stays full (at 0.75 an eighth of the slots sat idle on average); pausing and resuming are cheap, as the
+#: fetch loop waits for room without polling the consumer (which would drop what it had fetched).
 RESUME_AT: Final = 0.95
 #: /healthz fails when the fetch loop has not turned for this long (a wedged loop, not a slow provider).
 LIVENESS_STALL_S: Final = 60.0
 #: How often lag is measured against the log end while partitions are paused (their fetches stop).
 END_OFFSETS_EVERY_S: Final = 10.0
 PRODUCE_BACKOFF_MAX_S: Final = 5.0
+#: Jobs held at once (calling, fetched ahead, waiting behind their key, or delivering their result) as a
+#: multiple of the concurrency.
+DELIVERY_ALLOWANCE: Final = 2
+#: Records fetched ahead of a free slot, as a share of the concurrency: a returning call hands its slot to
+#: the next job at once, instead of after a fetch from the broker (with a fixed 1 s latency, calls return in
+#: waves and the refetch left ~10% of the slots idle).
+READ_AHEAD_SHARE: Final = 0.25
 #: On a stop, how long the fetch loop may take to notice it before it is cancelled (held by a rebalance).
 STOP_FETCH_GRACE_S: Final = 1.0
 #: Bytes a partition's producer batch may hold. aiokafka's default (16 KiB) holds five results (about 3 KB
@@ -102,6 +109,8 @@ class _InFlight:
     epoch: int
     record: ConsumerRecord[bytes, bytes]
     size: int
+    #: Holds one of the ``concurrency`` slots: from its start until its provider call has returned.
+    calling: bool = False
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -157,7 +166,11 @@ class Worker:
         self._last_commit: dict[TopicPartition, tuple[int, str]] = {}
         self._commit_lock = asyncio.Lock()
         self._epoch = 0
+        #: Jobs submitted and not yet delivered; of those, the ones calling the provider, and the ones fetched
+        #: ahead of a free slot (started in order as calls return).
         self._in_flight = 0
+        self._calling = 0
+        self._ready: deque[_InFlight] = deque()
         self._bytes_in_flight = 0
         self._paused = False
         #: Set when in-flight work falls to the resume level while paused: wakes the fetch loop at once.
@@ -299,7 +312,10 @@ class Worker:
                 if await self._room_within(PAUSED_WAIT_S) or time.monotonic() - polled < keepalive_s:
                     continue
                 timeout_ms = 0
-            room = self.settings.concurrency - self._in_flight
+            room = min(
+                self.settings.concurrency - self._calling + self._read_ahead - len(self._ready),
+                self._max_in_flight - self._in_flight,
+            )
             try:
                 batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max(room, 1))
                 polled = time.monotonic()
@@ -313,6 +329,7 @@ class Worker:
 
     async def _drain(self) -> None:
         self._draining = True
+        self._drop_ready(lambda item: True)
         assignment = list(self._consumer.assignment())
         if assignment:
             self._consumer.pause(*assignment)
@@ -331,9 +348,21 @@ class Worker:
     def _all_tasks(self) -> set[asyncio.Task[None]]:
         return set().union(*self._tasks.values()) if self._tasks else set()
 
+    @property
+    def _max_in_flight(self) -> int:
+        """Jobs calling plus jobs whose result awaits the broker: a result waiting for its acknowledgement
+        gives its slot to the next call (the slots are for the provider, and a slow produce must not idle
+        them), as long as no more than this many jobs are held in all."""
+        return self.settings.concurrency * DELIVERY_ALLOWANCE
+
+    @property
+    def _read_ahead(self) -> int:
+        return max(1, int(self.settings.concurrency * READ_AHEAD_SHARE))
+
     def _calm(self) -> bool:
         return (
-            self._in_flight <= self.settings.concurrency * RESUME_AT
+            len(self._ready) <= self._read_ahead * RESUME_AT
+            and self._in_flight <= self._max_in_flight * RESUME_AT
             and self._bytes_in_flight <= self.settings.max_buffered_bytes * RESUME_AT
         )
 
@@ -350,7 +379,11 @@ class Worker:
         return True
 
     def _apply_backpressure(self) -> None:
-        full = self._in_flight >= self.settings.concurrency or self._bytes_in_flight >= self.settings.max_buffered_bytes
+        full = (
+            len(self._ready) >= self._read_ahead
+            or self._in_flight >= self._max_in_flight
+            or self._bytes_in_flight >= self.settings.max_buffered_bytes
+        )
         calm = self._calm()
         assignment = list(self._consumer.assignment())
         if full and not self._paused:
@@ -377,11 +410,31 @@ class Worker:
             queue.append(item)
             if len(queue) > 1:
                 return
-        self._start(item)
+        self._offer(item)
+
+    def _offer(self, item: _InFlight) -> None:
+        """Start the job when a slot is free (and none is waiting before it), else queue it for one."""
+        if self._calling < self.settings.concurrency and not self._ready and not self._draining:
+            self._start(item)
+        else:
+            self._ready.append(item)
 
     def _start(self, item: _InFlight) -> None:
+        item.calling = True
+        self._calling += 1
         task = asyncio.create_task(self._run_job(item))
         self._tasks.setdefault(item.tp, set()).add(task)
+
+    def _drop_ready(self, which: Callable[[_InFlight], bool]) -> None:
+        """Forget the chosen jobs fetched but not started: uncommitted, they are for the partition's next owner."""
+        kept: deque[_InFlight] = deque()
+        for item in self._ready:
+            if which(item):
+                self._in_flight -= 1
+                self._bytes_in_flight -= item.size
+            else:
+                kept.append(item)
+        self._ready = kept
 
     async def _run_job(self, item: _InFlight) -> None:
         finished = False
@@ -389,6 +442,7 @@ class Worker:
             await self._process(item)
             finished = True
         finally:
+            self._call_returned(item)
             self._in_flight -= 1
             self._bytes_in_flight -= item.size
             if self._paused and self._calm():
@@ -411,7 +465,7 @@ class Worker:
             if queue:
                 queue.popleft()
                 if queue:
-                    self._start(queue[0])
+                    self._offer(queue[0])
                 else:
                     del self._key_queues[(item.tp, key)]
 
@@ -431,7 +485,18 @@ class Worker:
                 log.debug("prompt", extra={"job_id": decoded.id, "prompt": _prompt_text(decoded)})
             outcome = await self._call(decoded)
             routed = route(decoded, source, outcome, self._thresholds)
+        self._call_returned(item)
         await self._deliver(routed, item)
+
+    def _call_returned(self, item: _InFlight) -> None:
+        """Hand the job's slot (once) to the next job fetched ahead; what is left is delivering its result."""
+        if item.calling:
+            item.calling = False
+            self._calling -= 1
+            while self._ready and self._calling < self.settings.concurrency and not self._draining:
+                self._start(self._ready.popleft())
+            if self._paused and self._calm():
+                self._room.set()
 
     async def _call(self, job: Job) -> Outcome:
         started = time.monotonic()
@@ -619,9 +684,12 @@ class Worker:
         revoked = [tp for tp in revoked if tp in self._ledgers]
         if not revoked:
             return
+        gone = set(revoked)
+        self._drop_ready(lambda item: item.tp in gone)
         pending: set[asyncio.Task[None]] = set().union(*(self._tasks.get(tp, set()) for tp in revoked))
         if pending:
             await asyncio.wait(pending, timeout=self.settings.revoke_timeout_s)
+        self._drop_ready(lambda item: item.tp in gone)  # followers of a key queued while waiting
         ledgers = {tp: self._ledgers.pop(tp) for tp in revoked}
         await self._commit(ledgers)
         abandoned: set[asyncio.Task[None]] = set()
@@ -630,7 +698,7 @@ class Worker:
             self._last_commit.pop(tp, None)
             self.metrics.forget_partition(tp.topic, tp.partition)
         for key in [key for key in self._key_queues if key[0] in ledgers]:
-            waiting = list(self._key_queues.pop(key))[1:]  # the head has a task, cancelled below
+            waiting = list(self._key_queues.pop(key))[1:]  # the head was dropped above or is cancelled below
             self._in_flight -= len(waiting)
             self._bytes_in_flight -= sum(item.size for item in waiting)
         await self._cancel(abandoned)

@@ -32,6 +32,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from pipeline.kafka import KafkaSettings, committed_with_metadata, make_admin, make_consumer, make_producer
 from schemas.topics import Result, Review, reason_kind
 from tests.integration.harness import Topics
+from tests.integration.harness import committed as committed_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).with_name("results.json")
@@ -367,16 +368,6 @@ def log_problems(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for line in lines
         if "unparsed" in line or line.get("level") in ("error", "critical") or "exception" in line
     ]
-
-
-async def committed_offsets(kafka: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, int]:
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        stored = await committed_with_metadata(admin, group, [TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await admin.close()
-    return {tp.partition: om.offset for tp, om in stored.items()}
 
 
 async def until_committed(kafka: KafkaSettings, group: str, topic: str, ends: dict[int, int], timeout: float) -> None:
