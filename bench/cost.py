@@ -42,7 +42,9 @@ from bench.harness import (
     started,
 )
 
-HOLD: Final = {1_000: "fixed:3000", 10_000: "fixed:15000"}
+#: How long the simulator holds each answer: long enough for every call to be in flight at once (opening
+#: 10,000 connections takes the worker ~15 s on one core).
+HOLD: Final = {1_000: "fixed:5000", 10_000: "fixed:30000"}
 METRICS_URL: Final = re.compile(r"metrics on (http://\S+/metrics)")
 
 
@@ -61,7 +63,7 @@ async def in_flight_memory(services: Services, contender: Contender, concurrency
         deadline = time.monotonic() + 90
         seen = 0
         while time.monotonic() < deadline:
-            seen = (await asyncio.to_thread(simulator.stats)).in_flight
+            seen = max(seen, (await asyncio.to_thread(simulator.stats)).in_flight)
             if seen >= concurrency * 0.99:
                 break
             await asyncio.sleep(0.1)
@@ -71,6 +73,7 @@ async def in_flight_memory(services: Services, contender: Contender, concurrency
     return {
         "contender": contender.name,
         "in_flight": concurrency,
+        "hold": spec,
         "seen_in_flight": seen,
         "rss_mb_all_in_flight": at_full.get("VmRSS", 0) / 1024,
         "peak_rss_mb": peak.get("VmHWM", 0) / 1024,
@@ -100,6 +103,8 @@ async def memory_section(
                 {
                     "contender": contender.name,
                     "in_flight": size,
+                    "hold": HOLD[size],
+                    "seen_in_flight": min(r["seen_in_flight"] for r in found),
                     "rss_mb_all_in_flight": Summary.of([r["rss_mb_all_in_flight"] for r in found]).as_dict(),
                     "peak_rss_mb": Summary.of([r["peak_rss_mb"] for r in found]).as_dict(),
                     "runs": found,

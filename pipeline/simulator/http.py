@@ -264,8 +264,9 @@ class HttpServer:
     async def start(self, host: str, port: int) -> int:
         """Start listening; returns the port."""
         loop = asyncio.get_running_loop()
+        # Room for a worker that opens thousands of connections at once (the kernel caps it at somaxconn).
         self._server = await loop.create_server(
-            lambda: HttpConnection(self._handler, self._connections), host, port, reuse_address=True, backlog=1024
+            lambda: HttpConnection(self._handler, self._connections), host, port, reuse_address=True, backlog=16384
         )
         port_bound: int = self._server.sockets[0].getsockname()[1]
         return port_bound
