@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pipeline.kafka import KafkaSettings, make_producer
 from pipeline.simulator.latency import parse_latency
+from pipeline.worker import Worker
 from tests.fixtures.broker import Broker
 from tests.fixtures.simulator import MakeSimulator
 from tests.integration.harness import (
@@ -35,12 +38,24 @@ async def test_many_jobs_run_at_once_but_never_more_than_the_limit(
     topics = Topics.named(topic_prefix)
     await create_topics(kafka, topics, partitions=2)
     sim = await make_simulator(latency=parse_latency("fixed:300"))
-    async with running_worker(kafka, worker_settings(topics, concurrency=16), client_config(sim.base_url)):
+    held: list[int] = []
+
+    async def sample(worker: Worker) -> None:
+        while True:
+            held.append(worker.in_flight)
+            await asyncio.sleep(0.02)
+
+    async with running_worker(kafka, worker_settings(topics, concurrency=16), client_config(sim.base_url)) as running:
+        sampler = asyncio.create_task(sample(running.worker))
         await publish(kafka, topics.input, [job(f"c-{i}") for i in range(80)])
         collected = await collect(kafka, topics, 80)
+        sampler.cancel()
     assert len({r.id for r in collected.results}) == 80
     peak = sim.stats().max_in_flight
     assert 8 <= peak <= 16, f"expected many calls in flight, never over the limit of 16; saw {peak}"
+    # With every slot busy the worker fetches a quarter of the concurrency ahead (4 jobs), never the backlog;
+    # results awaiting the broker's acknowledgement may briefly add to what it holds.
+    assert 16 < max(held) <= 2 * 16, f"expected jobs fetched ahead but a bounded hold; held at most {max(held)}"
 
 
 async def test_key_ordering_runs_one_job_per_key_at_a_time_in_offset_order(
