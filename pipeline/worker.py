@@ -350,9 +350,9 @@ class Worker:
 
     @property
     def _max_in_flight(self) -> int:
-        """Jobs calling plus jobs whose result awaits the broker: a result waiting for its acknowledgement
-        gives its slot to the next call (the slots are for the provider, and a slow produce must not idle
-        them), as long as no more than this many jobs are held in all."""
+        """Every job held: calling, fetched ahead, waiting behind its key or delivering its result. A result
+        waiting for the broker's acknowledgement gives its slot to the next call (the slots are for the
+        provider, and a slow produce must not idle them), as long as no more than this many are held."""
         return self.settings.concurrency * DELIVERY_ALLOWANCE
 
     @property
