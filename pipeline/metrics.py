@@ -36,6 +36,7 @@ class Metrics:
             ["destination", "reason"],
             registry=r,
         )
+        self._routed: dict[tuple[str, str], Counter] = {}
         self.jobs_in_flight = Gauge("pipeline_jobs_in_flight", "Jobs fetched and not yet acknowledged", registry=r)
         self.bytes_in_flight = Gauge("pipeline_bytes_in_flight", "Bytes of job records in flight", registry=r)
         self.partitions_assigned = Gauge("pipeline_partitions_assigned", "Input partitions owned", registry=r)
@@ -99,6 +100,14 @@ class Metrics:
             "1 when the broker keeps commit metadata (the done-offset map is on)",
             registry=r,
         )
+
+    def routed(self, destination: str, reason: str) -> None:
+        """Count one routed job. Its labelled child is looked up once per pair: ``labels()`` costs a lock and
+        a tuple of strings on every call, and this is on every job's path."""
+        child = self._routed.get((destination, reason))
+        if child is None:
+            child = self._routed[(destination, reason)] = self.jobs_routed.labels(destination, reason)
+        child.inc()
 
     def usage(self, model: str, usage: Usage) -> None:
         self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -27,7 +27,6 @@ import msgspec
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
-from prometheus_client import Counter
 
 from pipeline.config import WorkerSettings
 from pipeline.kafka import (
@@ -89,6 +88,26 @@ PAUSED_POLL_S: Final = 5.0
 
 #: A record ready to produce: topic, key, value, headers.
 _Encoded = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+async def _unless_stopped(
+    work: Coroutine[object, object, None], stop: asyncio.Event, *, name: str, grace_s: float = 0.0
+) -> bool:
+    """Run ``work`` until it ends or ``stop`` is set (then give it ``grace_s`` more to end by itself, and
+    cancel it); True when it ended by itself."""
+    running = asyncio.create_task(work, name=name)
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done() and grace_s > 0:
+            await asyncio.wait({running}, timeout=grace_s)
+    finally:
+        stopping.cancel()
+        running.cancel()  # nothing to cancel once it has ended
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+        return True
+    return False
 
 
 class CompletionClient(Protocol):
@@ -184,7 +203,6 @@ class Worker:
         # Read when scraped rather than set on every job start and finish.
         self.metrics.jobs_in_flight.set_function(lambda: self._in_flight)
         self.metrics.bytes_in_flight.set_function(lambda: self._bytes_in_flight)
-        self._routed_counters: dict[tuple[str, str], Counter] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -269,33 +287,16 @@ class Worker:
     async def _started_unless_stopped(self, stop: asyncio.Event) -> bool:
         """Start the consumer, or give up when a stop comes first: aiokafka's ``start`` waits for the group's
         first assignment, which a stuck rebalance may never bring."""
-        starting = asyncio.create_task(self._consumer.start(), name="consumer-start")
-        stopping = asyncio.create_task(stop.wait(), name="stop")
-        try:
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            starting.cancel()  # nothing to cancel once started
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
+        if await _unless_stopped(self._consumer.start(), stop, name="consumer-start"):
             return True
         log.info("stopped before the first assignment")
         return False
 
     async def _fetch_until_stopped(self, stop: asyncio.Event) -> None:
         """The fetch loop, given up on when a stop finds it held by a rebalance: aiokafka's ``getmany`` waits
-        out a rebalance whatever its timeout, and a stop must not wait for the group (drain, commit, leave)."""
-        fetching = asyncio.create_task(self._fetch_until(stop), name="fetch-loop")
-        stopping = asyncio.create_task(stop.wait(), name="stop")
-        try:
-            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not fetching.done():
-                await asyncio.wait({fetching}, timeout=STOP_FETCH_GRACE_S)  # its next turn sees the stop
-        finally:
-            stopping.cancel()
-            fetching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetching  # cancelled at an await: whatever getmany handed over was already submitted
+        out a rebalance whatever its timeout, and a stop must not wait for the group (drain, commit, leave).
+        Cancelled at an await, it has already submitted whatever getmany handed over."""
+        await _unless_stopped(self._fetch_until(stop), stop, name="fetch-loop", grace_s=STOP_FETCH_GRACE_S)
 
     async def _fetch_until(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
@@ -365,6 +366,11 @@ class Worker:
             and self._in_flight <= self._max_in_flight * RESUME_AT
             and self._bytes_in_flight <= self.settings.max_buffered_bytes * RESUME_AT
         )
+
+    def _wake_if_room(self) -> None:
+        """Wake a paused fetch loop as soon as what is held falls to the resume level."""
+        if self._paused and self._calm():
+            self._room.set()
 
     async def _room_within(self, timeout_s: float) -> bool:
         """Whether in-flight work fell to the resume level within ``timeout_s``."""
@@ -445,8 +451,7 @@ class Worker:
             self._call_returned(item)
             self._in_flight -= 1
             self._bytes_in_flight -= item.size
-            if self._paused and self._calm():
-                self._room.set()
+            self._wake_if_room()
             tasks = self._tasks.get(item.tp)
             if tasks is not None:
                 tasks.discard(asyncio.current_task())
@@ -495,8 +500,7 @@ class Worker:
             self._calling -= 1
             while self._ready and self._calling < self.settings.concurrency and not self._draining:
                 self._start(self._ready.popleft())
-            if self._paused and self._calm():
-                self._room.set()
+            self._wake_if_room()
 
     async def _call(self, job: Job) -> Outcome:
         started = time.monotonic()
@@ -581,11 +585,7 @@ class Worker:
         else:
             review = routed.review
             destination, reason, job_id, attempts = "review", reason_kind(review.reason), review.id, review.attempts
-        counter = self._routed_counters.get((destination, reason))
-        if counter is None:
-            counter = self.metrics.jobs_routed.labels(destination, reason)
-            self._routed_counters[(destination, reason)] = counter
-        counter.inc()
+        self.metrics.routed(destination, reason)
         if record.timestamp is not None and record.timestamp > 0:
             self.metrics.job_seconds.observe(max(0.0, time.time() - record.timestamp / 1000))
         log.info(
