@@ -42,7 +42,7 @@ import msgspec
 from aiokafka.structs import TopicPartition
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from pipeline.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer, seek_to_log_start
 from pipeline.simulator import SimulatorConfig, SimulatorProcess
 from pipeline.simulator.classifier import MARKERS
 from pipeline.simulator.generation import VOCABULARY
@@ -368,7 +368,7 @@ async def collect(
     try:
         partitions = [TopicPartition(t, p) for t in (topics.output, topics.review) for p in range(PARTITIONS)]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        seek_to_log_start(consumer, partitions)
         deadline = time.monotonic() + timeout_s
         while len(seen) < expected and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=100)

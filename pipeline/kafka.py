@@ -3,7 +3,7 @@
 Settings chosen for the delivery promise and for the embedded broker's known behaviour: producers use
 ``acks="all"`` (acks=0 loses data on Tansu and is never right for results), no idempotent producer (Tansu
 fails InitProducerId; at-least-once plus job-id keys is our contract), consumers never auto-commit and a
-new group starts from the earliest offset.
+new group starts from the earliest offset (offset 0, see :func:`seek_to_log_start`).
 """
 
 from __future__ import annotations
@@ -117,6 +117,18 @@ def make_consumer(settings: KafkaSettings, group_id: str | None, **overrides: An
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(**kwargs)
+
+
+def seek_to_log_start(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Position each partition at its first record; for consumers made by :func:`make_consumer`.
+
+    Not ``seek_to_beginning``: the embedded broker's ListOffsets(earliest) can answer the second batch's
+    offset when several producers wrote a partition's first batches at once, which skips the first batch.
+    Offset 0 starts every log that was never trimmed; where retention trimmed it, the fetch is out of
+    range and the consumer resets to the real log start (``auto_offset_reset="earliest"``).
+    """
+    for tp in partitions:
+        consumer.seek(tp, 0)
 
 
 def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:

@@ -81,6 +81,11 @@ class Metrics:
             "Jobs finished after their partition was revoked (not committed)",
             registry=r,
         )
+        self.fetches_rewound = Counter(
+            "pipeline_fetches_rewound",
+            "Fetches of a just-assigned partition that arrived before its ledger, rewound to be fetched again",
+            registry=r,
+        )
         self.committed_offset = Gauge(
             "pipeline_committed_offset", "Last committed offset", ["topic", "partition"], registry=r
         )

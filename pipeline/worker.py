@@ -8,7 +8,8 @@ when the broker keeps it.
 
 Rebalance: revoked partitions get ``revoke_timeout_s`` for their in-flight jobs, then what is done is
 committed and the rest is cancelled and left to the new owner; every ledger carries an assignment epoch,
-so a job finishing after its partition was revoked is never committed. Shutdown: stop fetching, drain up
+so a job finishing after its partition was revoked is never committed, and records of a new partition that
+arrive before its ledger exists are fetched again, never skipped. Shutdown: stop fetching, drain up
 to ``drain_timeout_s``, flush, commit, leave the group.
 """
 
@@ -325,8 +326,24 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batches.items():
+                ledger = self._ledgers.get(tp)
+                if ledger is None:
+                    self._fetch_again(tp, records[0].offset)
+                    continue
                 for record in records:
-                    self._submit(tp, record)
+                    self._submit(tp, ledger, record)
+
+    def _fetch_again(self, tp: TopicPartition, offset: int) -> None:
+        """Rewind a partition whose records came before its ledger, so none is skipped unseen.
+
+        aiokafka wakes the fetch loop when it takes a new assignment, before it runs our ``on_assigned``,
+        which reads the committed offsets (a broker round trip) to build the ledgers; a fetch that returns
+        first would move the position past records no ledger tracked, and the next commit past them.
+        """
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+            self.metrics.fetches_rewound.inc()
+            log.debug("fetched before the ledger; fetching again", extra={"partition": tp.partition, "offset": offset})
 
     async def _drain(self) -> None:
         self._draining = True
@@ -400,10 +417,9 @@ class Worker:
             self._paused = False
         self.metrics.partitions_paused.set(len(self._consumer.paused()))
 
-    def _submit(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        ledger = self._ledgers.get(tp)
-        if ledger is None or (ledger.next_offset is not None and record.offset < ledger.next_offset):
-            return  # not ours (any more) or delivered twice: the owner's ledger decides
+    def _submit(self, tp: TopicPartition, ledger: PartitionLedger, record: ConsumerRecord[bytes, bytes]) -> None:
+        if ledger.next_offset is not None and record.offset < ledger.next_offset:
+            return  # committed already, or delivered twice
         self.metrics.jobs_consumed.inc()
         if ledger.track(record.offset):
             self.metrics.jobs_skipped.inc()
@@ -660,14 +676,22 @@ class Worker:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - point))
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        stored: dict[TopicPartition, OffsetAndMetadata] = {}
+        """A ledger per new partition, starting at its committed offset (with the done map), and the
+        consumer positioned there: the ledger, not a reset the consumer did on its own, says where to start."""
+        stored: dict[TopicPartition, OffsetAndMetadata] | None = None
         try:
             stored = await committed_with_metadata(self._admin, self.settings.group_id, assigned)
-        except KafkaError as exc:
+        except Exception as exc:  # the partitions need their ledgers anyway: without one, fetches are rewound
             log.warning("could not read committed offsets; no done map this time", extra={"error": type(exc).__name__})
+        if stored is not None:
+            owned = self._consumer.assignment()
+            for tp in assigned:
+                if tp in owned:
+                    # Offset 0, not the broker's "earliest": see kafka.seek_to_log_start.
+                    self._consumer.seek(tp, stored[tp].offset if tp in stored else 0)
         for tp in assigned:
             self._epoch += 1
-            committed = stored.get(tp)
+            committed = stored.get(tp) if stored else None
             remembered = DoneRanges()
             if committed is not None and self._keeps_metadata:
                 remembered = decode_done_map(committed.offset, committed.metadata)

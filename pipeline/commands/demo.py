@@ -31,7 +31,7 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.client import DEFAULT_BASE_URL, ChatClient
 from pipeline.commands.common import CliError, partitions_of, run_async
 from pipeline.config import ConfigError
-from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, make_producer
+from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, make_producer, seek_to_log_start
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics, MetricsObserver
 from pipeline.samples import ROUTES, Sample, sample_set
@@ -204,7 +204,7 @@ async def collect(
         for topic in topics.values():
             partitions += await partitions_of(kafka, topic)
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        seek_to_log_start(consumer, partitions)
         destination_of = {topic: destination for destination, topic in topics.items()}
         while tally.handled < expected and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)

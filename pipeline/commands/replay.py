@@ -28,7 +28,7 @@ from pipeline.commands.common import (
     run_async,
 )
 from pipeline.commands.tail import describe_reason
-from pipeline.kafka import make_consumer, make_producer
+from pipeline.kafka import make_consumer, make_producer, seek_to_log_start
 from schemas.topics import HEADER_JOB_ID, HEADER_REPLAY_COUNT, Review, reason_kind
 
 _review_decoder = msgspec.json.Decoder(Review)
@@ -64,7 +64,7 @@ async def replay_reviews(args: argparse.Namespace) -> int:
     try:
         partitions = await partitions_of(common.kafka, worker.review_topic)
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        seek_to_log_start(consumer, partitions)
         async for record in read_to_end(consumer, partitions):
             try:
                 review = _review_decoder.decode(record.value or b"")

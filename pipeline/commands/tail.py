@@ -19,7 +19,7 @@ from pipeline.commands.common import (
     require_topics,
     run_async,
 )
-from pipeline.kafka import make_consumer
+from pipeline.kafka import make_consumer, seek_to_log_start
 from schemas.topics import (
     ApiFailure,
     Flagged,
@@ -96,7 +96,7 @@ async def tail_topic(args: argparse.Namespace) -> int:
         partitions = await partitions_of(common.kafka, topic)
         consumer.assign(partitions)
         if args.from_beginning:
-            await consumer.seek_to_beginning(*partitions)
+            seek_to_log_start(consumer, partitions)
         else:
             # end_offsets() can point a little early on the embedded broker; the timestamp filter trims that.
             for tp, end in (await consumer.end_offsets(partitions)).items():

@@ -27,6 +27,7 @@ from pipeline.kafka import (
     make_admin,
     make_consumer,
     make_producer,
+    seek_to_log_start,
 )
 from pipeline.metrics import Metrics, MetricsObserver
 from pipeline.secret import Secret
@@ -84,6 +85,30 @@ async def publish(
         await producer.stop()
 
 
+async def publish_racing(
+    kafka: KafkaSettings, topic: str, by_partition: Sequence[Sequence[bytes]], producers: int = 3
+) -> None:
+    """Publish each partition's records from several producers at once, one partition after the other, so
+    its first batches race: on the embedded broker that makes ListOffsets(earliest) answer the second
+    batch's offset for about 2 partitions in 100 (racing all partitions at once hardly ever does)."""
+    started = [make_producer(kafka) for _ in range(producers)]
+    for producer in started:
+        await producer.start()
+        await producer.partitions_for(topic)  # metadata first, so the sends below start together
+
+    async def send(producer: Any, partition: int, values: Sequence[bytes]) -> None:
+        await asyncio.gather(*[await producer.send(topic, value, partition=partition) for value in values])
+
+    try:
+        for partition, values in enumerate(by_partition):
+            await asyncio.gather(
+                *(send(producer, partition, values[i::producers]) for i, producer in enumerate(started))
+            )
+    finally:
+        for producer in started:
+            await producer.stop()
+
+
 @dataclass
 class Collected:
     """Records read from the output and review topics."""
@@ -124,7 +149,7 @@ async def collect(kafka: KafkaSettings, topics: Topics, count: int, timeout: flo
             await admin.close()
         partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        seek_to_log_start(consumer, partitions)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(set(collected.sources())) < count:
             for tp, records in (await consumer.getmany(timeout_ms=200)).items():

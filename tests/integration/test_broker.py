@@ -9,10 +9,12 @@ import sys
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline.broker import answers_metadata, free_port
+from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, seek_to_log_start
 from tests.fixtures.broker import Broker, require_transactions
+from tests.integration.harness import publish_racing
 
 
 async def produce_and_consume_in_a_group(bootstrap: str, topic: str, count: int) -> list[bytes]:
@@ -100,3 +102,29 @@ async def test_transactions_where_the_broker_has_them(kafka_broker: Broker, topi
             await producer.send_and_wait(f"{topic_prefix}-tx", b"inside a transaction")
     finally:
         await producer.stop()
+
+
+async def test_reading_from_the_log_start_sees_the_first_batches_however_they_were_written(
+    kafka_broker: Broker, topic_prefix: str
+) -> None:
+    """Several producers writing a partition's first batches at once can make the embedded broker's
+    ListOffsets(earliest) skip the first batch (see publish_racing); offset 0 never does."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+    topic, partitions = f"{topic_prefix}-racing", 100
+    await ensure_topics(kafka, [topic], partitions)
+    sent = [[f"{p}-{n}".encode() for n in range(6)] for p in range(partitions)]
+    await publish_racing(kafka, topic, sent)
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        seek_to_log_start(consumer, tps)
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 30
+        while len(seen) < partitions * 6 and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                seen.update(r.value or b"" for r in records)
+    finally:
+        await consumer.stop()
+    assert seen == {value for values in sent for value in values}

@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from pipeline.cli import main
-from pipeline.kafka import KafkaSettings, make_consumer, make_producer
+from pipeline.commands.common import partitions_of
+from pipeline.kafka import KafkaSettings, make_consumer, make_producer, seek_to_log_start
 from schemas import UserMessage
 from schemas.chat import ChatCompletion, ChatCompletionMessage, Choice
 from schemas.topics import (
@@ -51,9 +52,11 @@ def topic_env(broker: Broker, topics: Topics) -> dict[str, str]:
 async def read_all(
     kafka: KafkaSettings, topic: str, expected: int
 ) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
-    consumer = make_consumer(kafka, None, auto_offset_reset="earliest")
-    consumer.subscribe([topic])
+    consumer = make_consumer(kafka, None)
     await consumer.start()
+    partitions = await partitions_of(kafka, topic)
+    consumer.assign(partitions)
+    seek_to_log_start(consumer, partitions)
     found: list[tuple[bytes | None, bytes, dict[str, bytes]]] = []
     try:
         for _ in range(100):

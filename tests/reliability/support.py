@@ -29,7 +29,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from pipeline.kafka import KafkaSettings, committed_with_metadata, make_admin, make_consumer, make_producer
+from pipeline.kafka import (
+    KafkaSettings,
+    committed_with_metadata,
+    make_admin,
+    make_consumer,
+    make_producer,
+    seek_to_log_start,
+)
 from schemas.topics import Result, Review, reason_kind
 from tests.integration.harness import Topics
 from tests.integration.harness import committed as committed_offsets
@@ -106,7 +113,7 @@ class Outputs:
             await admin.close()
         partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
         self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
+        seek_to_log_start(self._consumer, partitions)
         return self
 
     async def __aexit__(self, *_: object) -> None:
