@@ -34,8 +34,9 @@ WINDOW = 2_000
 class Progress:
     """A one-line progress bar on stderr, shown only on a terminal."""
 
-    def __init__(self, total_bytes: int | None, stream: IO[str] = sys.stderr) -> None:
+    def __init__(self, total_bytes: int | None, stream: IO[str] = sys.stderr, unit: str = "lines") -> None:
         self.total = total_bytes
+        self.unit = unit
         self.stream = stream
         self.enabled = stream.isatty()
         self.started = time.monotonic()
@@ -50,9 +51,9 @@ class Progress:
         if self.total:
             share = min(done_bytes / self.total, 1.0)
             bar = "#" * int(share * 30)
-            text = f"[{bar:<30}] {share:4.0%}  {lines:,} lines  {rate:,.0f} lines/s"
+            text = f"[{bar:<30}] {share:4.0%}  {lines:,} {self.unit}  {rate:,.0f} {self.unit}/s"
         else:
-            text = f"{lines:,} lines  {rate:,.0f} lines/s"
+            text = f"{lines:,} {self.unit}  {rate:,.0f} {self.unit}/s"
         self.stream.write("\r" + text)
         self.stream.flush()
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -224,6 +225,44 @@ async def test_replay_dry_run_then_for_real(kafka_broker: Broker, topic_prefix: 
     assert headers[HEADER_REPLAY_COUNT] == b"2"
     restored = msgspec.json.decode(value, type=Job)
     assert (restored.id, restored.metadata) == ("d", {"team": "qa"})
+
+
+async def test_replay_continues_where_the_last_run_stopped(kafka_broker: Broker, topic_prefix: str) -> None:
+    """Batches with --limit, no second send on a second run, --since, and --from-beginning."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+    topics = Topics.named(topic_prefix)
+    await create_topics(kafka, topics, partitions=1)
+    now_ms = int(time.time() * 1000)
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for job_id, age_h in [("old", 5), ("a", 1), ("b", 1), ("c", 1)]:
+            value = review(job_id, API_ERROR, 0)
+            await producer.send_and_wait(
+                topics.review, value, key=job_id.encode(), timestamp_ms=now_ms - age_h * 3_600_000
+            )
+    finally:
+        await producer.stop()
+    env = topic_env(kafka_broker, topics)
+
+    def replay(*args: str) -> list[str]:
+        done = pipeline(["replay", "--reason", "api_error", *args], env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert (
+        replay("--since", "2h", "--limit", "2")[0]
+        == "replayed 2 jobs to " + topics.input + " (skipped: 1 older than --since)"
+    )
+    assert replay("--limit", "2")[0] == f"replayed 1 job to {topics.input}", "the next batch: only c was left"
+    assert replay() == [f"replayed 0 jobs to {topics.input}"], "a second run sends nothing again"
+    await put(kafka, topics.review, [(b"d", review("d", API_ERROR, 9), [])])
+    assert replay() == [f"replayed 1 job to {topics.input}"], "what came since the last run"
+    again = replay("--from-beginning", "--dry-run")
+    assert [line.split()[2] for line in again[:-1]] == ["old", "a", "b", "c", "d"]
+    assert again[-1] == f"would replay 5 jobs to {topics.input}"
+    replayed = await read_all(kafka, topics.input, 4)
+    assert sorted(key for key, _, _ in replayed) == [b"a", b"b", b"c", b"d"]
 
 
 def busy_port() -> tuple[socket.socket, int]:
