@@ -42,7 +42,6 @@ from pipeline.kafka import (
     make_admin,
     make_consumer,
     make_producer,
-    seek_to_log_start,
 )
 from schemas.topics import HEADER_JOB_ID, HEADER_REPLAY_COUNT, Review, reason_kind
 
@@ -141,18 +140,17 @@ async def replay_reviews(args: argparse.Namespace) -> int:
     skipped: Counter[str] = Counter()
     pending: list[asyncio.Future[Any]] = []
     looked_at: dict[TopicPartition, int] = {}
+    examined = 0
     progress = Progress(None, unit="records")
     try:
         consumer.assign(partitions)
-        seek_to_log_start(consumer, partitions)
-        for tp in partitions:  # from the earliest of the chosen reasons' cursors
-            start = min(cursor.get(tp, 0) for cursor in cursors.values())
-            if start:
-                consumer.seek(tp, start)
+        for tp in partitions:  # the earliest of the chosen reasons' cursors; 0 is the log start (seek_to_log_start)
+            consumer.seek(tp, min(cursor.get(tp, 0) for cursor in cursors.values()))
         async for record in read_to_end(consumer, partitions):
             tp = TopicPartition(record.topic, record.partition)
             looked_at[tp] = record.offset + 1
-            progress.update(sum(looked_at.values()), 0)
+            examined += 1
+            progress.update(examined, 0)
             try:
                 review = _review_decoder.decode(record.value or b"")
             except msgspec.MsgspecError:

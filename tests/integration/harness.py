@@ -92,14 +92,14 @@ async def publish_racing(
     its first batches race: on the embedded broker that makes ListOffsets(earliest) answer the second
     batch's offset for about 2 partitions in 100 (racing all partitions at once hardly ever does)."""
     started = [make_producer(kafka) for _ in range(producers)]
-    for producer in started:
-        await producer.start()
-        await producer.partitions_for(topic)  # metadata first, so the sends below start together
 
     async def send(producer: Any, partition: int, values: Sequence[bytes]) -> None:
         await asyncio.gather(*[await producer.send(topic, value, partition=partition) for value in values])
 
     try:
+        for producer in started:
+            await producer.start()
+            await producer.partitions_for(topic)  # metadata first, so the sends below start together
         for partition, values in enumerate(by_partition):
             await asyncio.gather(
                 *(send(producer, partition, values[i::producers]) for i, producer in enumerate(started))
