@@ -102,6 +102,12 @@ def _settled(live: list[WorkerProcess], partitions: int) -> bool:
     return len(owned) == len(set(owned)) == partitions
 
 
+def _up(worker: WorkerProcess) -> bool:
+    """Its signal handlers are in place (it logs "worker starting" right after). A SIGTERM before that, while
+    Python is still importing, ends the process the default way (exit -15), as it would any program."""
+    return any(line.get("msg") == "worker starting" for line in worker.lines())
+
+
 def _stale(worker: WorkerProcess) -> float:
     with contextlib.suppress(OSError, RuntimeError):
         return worker.metric("pipeline_stale_completions_total")
@@ -152,6 +158,7 @@ async def test_workers_joining_and_leaving_lose_nothing_and_never_commit_what_th
         if embedded:
             live = [w for w in slots if w is not None and w.running]
             await until(lambda: _settled(live, size.partitions), 60, "a settled group before a graceful leave")
+        await until(lambda: _up(worker), 60, "a worker up before its graceful leave")
         note("SIGTERM", worker)
         worker.terminate()
         stopped_gracefully.append(worker)
@@ -211,6 +218,7 @@ async def test_workers_joining_and_leaving_lose_nothing_and_never_commit_what_th
             await until_committed(kafka, topics.group, topics.input, end_offsets(acks), timeout=60)
             for worker in slots:
                 if worker is not None and worker.running:  # all leave at once: nobody is left to strand
+                    await until(lambda w=worker: _up(w), 60, "a worker up before its graceful leave")
                     stale += _stale(worker)
                     note("SIGTERM", worker)
                     worker.terminate()
