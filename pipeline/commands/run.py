@@ -13,9 +13,9 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pipeline.client import CLIENT_OPTIONS, ChatClient, ClientConfig
 from pipeline.commands.common import (
@@ -33,6 +33,27 @@ from pipeline.worker import TopicMissing, Worker
 log = logging.getLogger("pipeline.run")
 
 RUN_OPTIONS = (*KAFKA_OPTIONS, *WORKER_OPTIONS, *CLIENT_OPTIONS)
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+#: The exit code of a second signal (128 + SIGINT, as a shell reports an interrupted command).
+EXIT_AT_ONCE: Final = 130
+
+
+class StopSignals:
+    """The handler of SIGTERM and SIGINT: the first starts a graceful stop, a second exits at once."""
+
+    def __init__(self, stop: asyncio.Event, exit_now: Callable[[int], object] = os._exit) -> None:
+        self._stop = stop
+        self._exit_now = exit_now
+        self.received = 0
+
+    def __call__(self) -> None:
+        self.received += 1
+        if self.received > 1:
+            log.warning("second signal: exiting now; uncommitted jobs will be reprocessed")
+            self._exit_now(EXIT_AT_ONCE)
+            return
+        log.info("stopping: draining in-flight jobs")
+        self._stop.set()
 
 
 @dataclass(frozen=True)
@@ -58,18 +79,8 @@ async def run_worker(settings: RunSettings, stop: asyncio.Event | None = None) -
     worker = Worker(settings.worker, settings.kafka, client, metrics)
     health = HealthServer(metrics, alive=lambda: worker.alive, ready=lambda: worker.ready)
     loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.warning("second signal: exiting now; uncommitted jobs will be reprocessed")
-            os._exit(130)
-        log.info("stopping: draining in-flight jobs")
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    on_signal = StopSignals(stop)
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal)
     try:
         try:
@@ -91,7 +102,7 @@ async def run_worker(settings: RunSettings, stop: asyncio.Event | None = None) -
             except TopicMissing as exc:
                 raise CliError(str(exc)) from None
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         await health.stop()
         await client.aclose()

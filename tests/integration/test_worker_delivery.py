@@ -103,7 +103,7 @@ async def test_records_fetched_before_the_partition_ledger_exists_are_fetched_ag
 ) -> None:
     """aiokafka may hand over a new partition's records before ``on_partitions_assigned`` has read the
     committed offsets; slowing that read makes the race certain. None may be skipped (or committed past)."""
-    import pipeline.worker as worker_module
+    import pipeline.worker.ports as worker_module
 
     real_read = worker_module.committed_with_metadata
 
@@ -220,7 +220,7 @@ async def test_the_done_map_path_against_a_store_that_keeps_metadata(
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import OffsetAndMetadata
 
-    import pipeline.worker as worker_module
+    import pipeline.worker.ports as worker_module
 
     kept: dict[object, str] = {}
     real_read = worker_module.committed_with_metadata

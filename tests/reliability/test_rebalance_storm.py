@@ -284,7 +284,7 @@ async def test_a_stop_during_a_rebalance_that_does_not_end_still_drains_and_retu
             await wait_until(lambda: len(worker.assignment) == 2, timeout=30)
             await publish(kafka, topics.input, [job(f"d-{i}") for i in range(10)])
             await wait_until(lambda: sim.stats().in_flight >= 5, timeout=30)
-            coordinator = worker._consumer._coordinator
+            coordinator = worker.clients.consumer._coordinator
             coordinator._do_rejoin_group = unanswered_join
             coordinator.request_rejoin()
             await wait_until(lambda: not worker.assignment, timeout=10)  # revoked; the join hangs from here

@@ -1,0 +1,127 @@
+"""The fetch loop: fetch what the scheduler has room for, pause and resume as it decides, stay in the group.
+
+It asks :meth:`~pipeline.worker.scheduler.Scheduler.room` how many records to fetch and
+:meth:`~pipeline.worker.scheduler.Scheduler.fetch_decision` whether to pause or resume the assignment, and
+hands each fetched batch to ``submit``. A batch that ``submit`` refuses (its partition has no ledger yet)
+is fetched again: aiokafka wakes the fetch loop when it takes a new assignment, before it runs our
+``on_partitions_assigned``, which reads the committed offsets (a broker round trip) to build the ledgers; a
+fetch that returns first would move the position past records no ledger tracked, and the next commit past
+them. While paused it waits for room (:meth:`Intake.wake`) rather than in ``getmany``, and still polls now
+and then so the consumer keeps its place in the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from pipeline.backoff import Backoff
+from pipeline.metrics import Metrics
+from pipeline.worker.ports import Consumer, Record
+from pipeline.worker.scheduler import Scheduler
+
+log = logging.getLogger("pipeline.worker")
+
+#: While paused, the fetch loop checks for room (and for a stop) this often...
+PAUSED_WAIT_S: Final = 0.1
+#: ...and polls the consumer this often (at most a quarter of the max poll interval), so it stays in its group.
+PAUSED_POLL_S: Final = 5.0
+#: How long a fetch waits for records when there are none.
+FETCH_WAIT_MS: Final = 100
+FETCH_BACKOFF: Final = Backoff(base_s=0.5, cap_s=5.0)
+
+#: Takes a fetched batch; False when the partition has no ledger yet (the batch is fetched again).
+Submit = Callable[[TopicPartition, list[Record]], bool]
+
+
+class Intake:
+    """The consumer's fetch loop for one worker; see the module docstring."""
+
+    def __init__(
+        self, consumer: Consumer, scheduler: Scheduler[Any], metrics: Metrics, *, max_poll_interval_ms: int
+    ) -> None:
+        self._consumer = consumer
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._keepalive_s = min(PAUSED_POLL_S, max_poll_interval_ms / 4000)
+        self._paused = False
+        #: Set when what is held falls to the resume level while paused: wakes the fetch loop at once.
+        self._room = asyncio.Event()
+        #: When the loop last turned (for the liveness probe).
+        self.last_turn = time.monotonic()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def wake(self) -> None:
+        """Something left the scheduler: wake a paused fetch loop as soon as there is room again."""
+        if self._paused and self._scheduler.calm():
+            self._room.set()
+
+    def assignment_changed(self) -> None:
+        """A new assignment starts unpaused (the consumer does not carry pauses across a rebalance)."""
+        self._paused = False
+
+    async def run(self, stop: asyncio.Event, submit: Submit) -> None:
+        polled = time.monotonic()
+        failures = 0
+        while not stop.is_set():
+            self.last_turn = time.monotonic()
+            self._apply_backpressure()
+            timeout_ms = FETCH_WAIT_MS
+            if self._paused:
+                # Wait for room here, not in getmany: getmany would sleep out its timeout after room came back,
+                # and it drops the records already fetched for paused partitions (fetched again on resume).
+                if await self._room_within(PAUSED_WAIT_S) or time.monotonic() - polled < self._keepalive_s:
+                    continue
+                timeout_ms = 0
+            try:
+                batches = await self._consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=max(self._scheduler.room(), 1)
+                )
+            except KafkaError as exc:
+                log.warning("fetch failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(FETCH_BACKOFF.delay_s(failures))
+                failures += 1
+                continue
+            polled, failures = time.monotonic(), 0
+            for tp, records in batches.items():
+                if records and not submit(tp, records):
+                    self._fetch_again(tp, records[0].offset)
+
+    def _apply_backpressure(self) -> None:
+        decision = self._scheduler.fetch_decision(self._paused)
+        if decision != "keep":
+            assignment = list(self._consumer.assignment())
+            if decision == "pause":
+                self._consumer.pause(*assignment)
+            else:
+                self._consumer.resume(*assignment)
+            self._paused = decision == "pause"
+        self._metrics.partitions_paused.set(len(self._consumer.paused()))
+
+    async def _room_within(self, timeout_s: float) -> bool:
+        """Whether what is held fell to the resume level within ``timeout_s``."""
+        self._room.clear()
+        if self._scheduler.calm():
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _fetch_again(self, tp: TopicPartition, offset: int) -> None:
+        """Rewind a partition whose records came before its ledger, so none is skipped unseen."""
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+            self._metrics.fetches_rewound.inc()
+            log.debug("fetched before the ledger; fetching again", extra={"partition": tp.partition, "offset": offset})

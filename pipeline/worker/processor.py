@@ -1,0 +1,76 @@
+"""One job record in, one route out: decode the job, call the provider, route the outcome.
+
+Never raises for what a record or the provider can do: an undecodable record routes to review as
+``invalid_job`` without a call, and a client that raises instead of returning an outcome costs that job a
+review (``internal``), not the worker its life. Cancellation passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from pipeline.outcomes import Failed, Outcome
+from pipeline.routing import Route, Thresholds, repeated_key, route, route_invalid
+from schemas.chat import TextPart, UserMessage
+from schemas.topics import Job, JobDecodeError, Source, decode_job, invalid_job
+
+log = logging.getLogger("pipeline.worker")
+
+
+class CompletionClient(Protocol):
+    """What the worker needs from the provider client: one job in, one outcome out, never an exception."""
+
+    async def complete(self, job: Job) -> Outcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+def prompt_text(job: Job) -> str:
+    """The user-visible text of a job, for the explicit debug flag only."""
+    parts: list[str] = []
+    for message in job.messages:
+        if isinstance(message, UserMessage):
+            content = message.content
+            parts.extend(
+                [content] if isinstance(content, str) else [p.text for p in content if isinstance(p, TextPart)]
+            )
+    return "\n".join(parts)
+
+
+class Processor:
+    """Decode → call → route, for one record at a time (any number of them concurrently)."""
+
+    def __init__(
+        self, client: CompletionClient, thresholds: Thresholds, *, max_job_bytes: int, log_prompts: bool = False
+    ) -> None:
+        self._client = client
+        self._thresholds = thresholds
+        self._max_job_bytes = max_job_bytes
+        self._log_prompts = log_prompts
+
+    async def process(self, raw: bytes, source: Source) -> Route:
+        decoded = decode_job(raw, max_bytes=self._max_job_bytes)
+        if not isinstance(decoded, JobDecodeError) and (key := repeated_key(raw)) is not None:
+            decoded = JobDecodeError(error=f"not a valid job: an object names the key {key!r} twice (ambiguous)")
+        if isinstance(decoded, JobDecodeError):
+            return route_invalid(raw, invalid_job(raw, decoded, source))
+        if self._log_prompts:
+            log.debug("prompt", extra={"job_id": decoded.id, "prompt": prompt_text(decoded)})
+        outcome = await self._call(decoded)
+        return route(decoded, source, outcome, self._thresholds)
+
+    async def _call(self, job: Job) -> Outcome:
+        started = time.monotonic()
+        try:
+            return await self._client.complete(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a client bug must cost one job a review, not the worker its life
+            log.exception("client raised instead of returning an outcome", extra={"job_id": job.id})
+            latency = (time.monotonic() - started) * 1000
+            return Failed(
+                failure="internal", message=f"client error: {type(exc).__name__}", attempts=1, latency_ms=latency
+            )

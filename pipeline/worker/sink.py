@@ -1,0 +1,145 @@
+"""A route becomes a record on the output or review topic, acknowledged by the broker (acks=all).
+
+The record is encoded once, keyed by the job id (the source record's key when the job has none), and
+carries the source coordinates as headers. One that would exceed the producer's limit becomes a slimmer
+review (without the job and the completion) or, if even that is too large, an ``oversize`` review. Kafka
+errors are retried with :data:`DELIVERY_BACKOFF` until the broker acknowledges: a result is never dropped
+(cancellation aside, which leaves the job uncommitted for the partition's next owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from aiokafka.errors import KafkaError
+
+from pipeline.backoff import Backoff
+from pipeline.kafka import record_headers
+from pipeline.metrics import Metrics
+from pipeline.routing import Route, ToOutput, ToReview
+from pipeline.worker.ports import Producer, Record
+from schemas.topics import HEADER_REPLAY_COUNT, ApiFailure, Review, reason_kind
+
+log = logging.getLogger("pipeline.worker")
+
+DELIVERY_BACKOFF: Final = Backoff(base_s=0.1, cap_s=5.0, jitter=0.0)
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A record ready to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Destinations:
+    output_topic: str
+    review_topic: str
+    group_id: str
+    max_record_bytes: int
+
+
+class Sink:
+    """Encodes, fits, produces and counts one route per job."""
+
+    def __init__(self, producer: Producer, destinations: Destinations, metrics: Metrics) -> None:
+        self._producer = producer
+        self._to = destinations
+        self._metrics = metrics
+
+    async def deliver(self, routed: Route, record: Record) -> Route:
+        """Produce until the broker acknowledges; returns the route as delivered (it may have been slimmed)."""
+        routed, encoded = self.fit(routed, record)
+        retries = 0
+        while True:
+            try:
+                ack = await self._producer.send(encoded.topic, encoded.value, key=encoded.key, headers=encoded.headers)
+                await ack
+                break
+            except KafkaError as exc:
+                self._metrics.produce_retries.inc()
+                log.warning(
+                    "produce failed; retrying",
+                    extra={
+                        "job_id": encoded.key.decode(errors="replace") if encoded.key else None,
+                        "error": type(exc).__name__,
+                    },
+                )
+                await asyncio.sleep(DELIVERY_BACKOFF.delay_s(retries))
+                retries += 1
+        self._count(routed, record)
+        return routed
+
+    def encode(self, routed: Route, record: Record) -> Encoded:
+        job_id: str | None
+        kind: str | None
+        if isinstance(routed, ToOutput):
+            topic, job_id, kind = self._to.output_topic, routed.result.id, None
+            value = _encoder.encode(routed.result)
+        else:
+            topic, job_id, kind = self._to.review_topic, routed.review.id, reason_kind(routed.review.reason)
+            value = _encoder.encode(routed.review)
+        headers = record_headers(
+            job_id=job_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            group_id=self._to.group_id,
+            reason_kind=kind,
+            replay_count=next((v for k, v in record.headers if k == HEADER_REPLAY_COUNT), None),
+        )
+        return Encoded(topic, job_id.encode() if job_id is not None else record.key, value, headers)
+
+    def fit(self, routed: Route, record: Record) -> tuple[Route, Encoded]:
+        """A record that fits the producer's limit (an oversize result becomes a slimmer review), encoded."""
+        limit = self._to.max_record_bytes
+        encoded = self.encode(routed, record)
+        if len(encoded.value) <= limit:
+            return routed, encoded  # the usual case: encoded once
+        if isinstance(routed, ToReview):
+            slim = msgspec.structs.replace(routed.review, job=None, completion=None)
+            if len(_encoder.encode(slim)) <= limit:
+                slimmer = ToReview(slim)
+                return slimmer, self.encode(slimmer, record)
+            source, job_id = routed.review.source, routed.review.id
+        else:
+            source, job_id = routed.result.source, routed.result.id
+        reason = ApiFailure(failure="oversize", message=f"the result exceeds the {limit}-byte record limit", attempts=0)
+        oversize = ToReview(Review(id=job_id, reason=reason, source=source))
+        return oversize, self.encode(oversize, record)
+
+    def _count(self, routed: Route, record: Record) -> None:
+        job_id: str | None
+        attempts: int | None
+        if isinstance(routed, ToOutput):
+            destination, reason, job_id, attempts = "output", "none", routed.result.id, routed.result.attempts
+        else:
+            review = routed.review
+            destination, reason, job_id, attempts = "review", reason_kind(review.reason), review.id, review.attempts
+        self._metrics.routed(destination, reason)
+        if record.timestamp is not None and record.timestamp > 0:
+            self._metrics.job_seconds.observe(max(0.0, time.time() - record.timestamp / 1000))
+        log.info(
+            "routed",
+            extra={
+                "job_id": job_id,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "route": destination,
+                "reason": None if reason == "none" else reason,
+                "attempts": attempts,
+            },
+        )
