@@ -29,9 +29,9 @@ import aiohttp
 import httpx
 
 from pipeline.client import ChatClient, ClientConfig
+from pipeline.client.transport import AiohttpTransport, Timeouts
 from pipeline.outcomes import Completed
 from pipeline.secret import Secret
-from pipeline.transport import AiohttpTransport, Timeouts
 from schemas import Job, UserMessage
 
 PATH: Final = "/v1/chat/completions"

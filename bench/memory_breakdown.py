@@ -24,10 +24,10 @@ import msgspec
 
 from bench.harness import make_jobs, memory_kb
 from pipeline.client import ChatClient, ClientConfig
+from pipeline.client.transport import AiohttpTransport, Timeouts
 from pipeline.secret import Secret
 from pipeline.simulator import SimulatorConfig, SimulatorProcess
 from pipeline.simulator.latency import parse_latency
-from pipeline.transport import AiohttpTransport, Timeouts
 from schemas.topics import Job
 
 LAYERS = ("aiohttp", "transport", "client")

@@ -18,13 +18,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import client as client_module
+from pipeline.client import ClientConfig
+from pipeline.client import chat as client_chat
+from pipeline.client.transport import HttpTransport, HttpxTransport
 from pipeline.commands.run import load_run_settings, run_worker
 from pipeline.logs import configure_logging
-from pipeline.transport import HttpTransport, HttpxTransport
 
 
-def _httpx_over_aiohttp(config: client_module.ClientConfig) -> HttpTransport:
+def _httpx_over_aiohttp(config: ClientConfig) -> HttpTransport:
     import httpx
     from httpx_aiohttp import AiohttpTransport
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "httpx":
         os.environ["PIPELINE_HTTP_CLIENT"] = "httpx"
     elif args.transport == "httpx-aiohttp":
-        client_module.default_transport = _httpx_over_aiohttp  # type: ignore[assignment]
+        # ChatClient looks its default transport up in its own module, so that is where it is replaced.
+        client_chat.default_transport = _httpx_over_aiohttp
     settings = load_run_settings(os.environ)
     configure_logging(settings.worker.log_level)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None

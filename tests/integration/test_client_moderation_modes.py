@@ -8,11 +8,11 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from pipeline.client import ChatClient, ClientConfig
+from pipeline.client.transport import AiohttpTransport, RawResponse, StreamingResponse, Timeouts
 from pipeline.outcomes import Completed
 from pipeline.secret import Secret
 from pipeline.simulator import Simulator
 from pipeline.simulator.classifier import MARKERS
-from pipeline.transport import AiohttpTransport, RawResponse, StreamingResponse, Timeouts
 from schemas.chat import Moderation, ModerationError, ModerationResults
 from tests.integration.client_support import KEY, Sleeps, client_for, job
 

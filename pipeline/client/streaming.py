@@ -24,7 +24,7 @@ from typing import Final
 
 import msgspec
 
-from pipeline.retry import AttemptFailure
+from pipeline.client.failures import AttemptFailure
 from schemas.chat import (
     AudioResponse,
     ChatCompletion,

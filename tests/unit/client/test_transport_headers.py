@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from pipeline.client import ChatClient, ClientConfig
+from pipeline.client.transport import HttpxTransport
 from pipeline.outcomes import Completed, Failed, Outcome
 from pipeline.secret import Secret
-from pipeline.transport import HttpxTransport
 from schemas import Job, JobParams, UserMessage
 
 KEY = "sk-test-0123456789abcdef"

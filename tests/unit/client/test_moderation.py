@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.moderation import (
+from pipeline.client.failures import AttemptFailure
+from pipeline.client.moderation import (
     RESULT_COUNT_MISMATCH,
     UNSUPPORTED_INPUT,
     ModerationCall,
@@ -12,7 +13,6 @@ from pipeline.moderation import (
     output_request,
     to_outcome,
 )
-from pipeline.retry import AttemptFailure
 from schemas.chat import (
     AssistantMessage,
     ChatCompletion,

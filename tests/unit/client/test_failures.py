@@ -1,25 +1,13 @@
-"""Retry decisions: which failures are retried, how long to wait, and when to give up."""
+"""Reading a failed attempt: which statuses are retriable, and the waits the server's headers name."""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 
-from pipeline.retry import (
-    AttemptFailure,
-    GiveUp,
-    RetryAfter,
-    RetryPolicy,
-    backoff_s,
-    failure_from_status,
-    next_delay,
-    parse_go_duration,
-    parse_retry_after,
-    rate_limit_reset_s,
-)
+from pipeline.client.failures import failure_from_status, parse_go_duration, parse_retry_after, rate_limit_reset_s
 
 
 def error_body(message: str, kind: str, code: str) -> bytes:
@@ -146,67 +134,3 @@ def test_rate_limit_reset_of_the_exhausted_limit() -> None:
     }
     assert rate_limit_reset_s(headers) == pytest.approx(0.012)
     assert rate_limit_reset_s({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}) is None
-
-
-def _failure(**fields: object) -> AttemptFailure:
-    defaults: dict[str, object] = {"failure": "http_status", "message": "HTTP 503", "retriable": True, "status": 503}
-    return AttemptFailure(**{**defaults, **fields})  # type: ignore[arg-type]
-
-
-POLICY = RetryPolicy(max_attempts=4, initial_backoff_s=0.5, max_backoff_s=8.0, retry_after_cap_s=60.0)
-
-
-def test_a_failure_that_is_not_retriable_ends_the_call() -> None:
-    decision = next_delay(
-        _failure(retriable=False), attempts_made=1, policy=POLICY, remaining_s=600, rng=random.Random(1)
-    )
-    assert isinstance(decision, GiveUp)
-
-
-def test_attempts_are_bounded() -> None:
-    rng = random.Random(1)
-    assert isinstance(next_delay(_failure(), attempts_made=3, policy=POLICY, remaining_s=600, rng=rng), RetryAfter)
-    assert isinstance(next_delay(_failure(), attempts_made=4, policy=POLICY, remaining_s=600, rng=rng), GiveUp)
-
-
-def test_the_server_asked_wait_is_honoured_with_at_most_ten_percent_more() -> None:
-    for seed in range(50):
-        decision = next_delay(
-            _failure(retry_after_s=2.0), attempts_made=1, policy=POLICY, remaining_s=600, rng=random.Random(seed)
-        )
-        assert isinstance(decision, RetryAfter)
-        assert 2.0 <= decision.delay_s <= 2.2
-
-
-def test_a_wait_over_the_cap_gives_up_at_once() -> None:
-    decision = next_delay(
-        _failure(retry_after_s=61.0), attempts_made=1, policy=POLICY, remaining_s=600, rng=random.Random(1)
-    )
-    assert isinstance(decision, GiveUp)
-    assert "over the cap" in decision.why
-
-
-def test_a_wait_past_the_deadline_gives_up_at_once() -> None:
-    decision = next_delay(
-        _failure(retry_after_s=5.0), attempts_made=1, policy=POLICY, remaining_s=4.0, rng=random.Random(1)
-    )
-    assert isinstance(decision, GiveUp)
-
-
-@pytest.mark.parametrize(("retries", "step"), [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)])
-def test_backoff_doubles_up_to_the_max_with_jitter_in_the_upper_half(retries: int, step: float) -> None:
-    delays = [backoff_s(POLICY, retries, random.Random(seed)) for seed in range(200)]
-    assert all(step / 2 <= delay <= step for delay in delays)
-    assert max(delays) - min(delays) > step / 4  # actually jittered
-
-
-def test_a_429_backoff_never_outlasts_the_limit_refill() -> None:
-    decision = next_delay(
-        _failure(status=429, refill_s=0.012), attempts_made=3, policy=POLICY, remaining_s=600, rng=random.Random(1)
-    )
-    assert decision == RetryAfter(0.012)
-
-
-def test_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="max_attempts"):
-        RetryPolicy(max_attempts=0)

@@ -1,21 +1,19 @@
-"""Whether a failed attempt is worth another, and how long to wait first.
+"""What a failed attempt was, and whether another attempt may help.
 
 One attempt that did not produce a usable response becomes an :class:`AttemptFailure`: the typed fields a
-``Failed`` outcome carries, plus ``retriable`` and the server's ``retry_after`` as data. The retry loop
-asks the failure (and :func:`next_delay`), never a list of exception classes.
+``Failed`` outcome carries, plus ``retriable`` and the server's ``retry_after`` as data. The retry runner
+(:mod:`pipeline.client.retries`) asks the failure, never a list of exception classes.
 
-The rules follow the official SDK and go further:
+Whether a status is retriable follows the official SDK and goes further:
 
 - retried: transport errors, timeouts, 408, 409, 429 and 5xx; ``x-should-retry: true`` also makes other
   statuses retriable, ``x-should-retry: false`` vetoes any retry;
 - never retried, whatever the headers say: 400, 401, 403, 404, 422 and a 429 whose error is
-  ``insufficient_quota`` (a billing state, not a rate);
-- the wait is the server's ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date) when given, else
-  exponential backoff with jitter, but on a 429 never longer than the ``x-ratelimit-reset-*`` of the
-  exhausted limit (the time until it is full again: waiting longer cannot help);
-- a server-requested wait longer than the cap (or than what is left of the job's deadline) ends the
-  retries at once instead of sleeping on it; a server-requested wait gets up to +10% jitter (never less
-  than asked) so the hundreds of calls a 429 burst hits do not come back in the same millisecond.
+  ``insufficient_quota`` (a billing state, not a rate).
+
+The failure also carries the waits the server named: ``retry-after-ms`` / ``retry-after`` (seconds or an
+HTTP date) and, on a 429, the ``x-ratelimit-reset-*`` of the exhausted limit (Go durations such as ``6m0s``).
+Every message goes through :func:`scrub`: capped, the API key cut out (some servers echo what they were sent).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
-import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,25 +38,6 @@ QUOTA_ERROR: Final = "insufficient_quota"
 MAX_MESSAGE_CHARS: Final = 500
 
 _error_decoder: Final = msgspec.json.Decoder(ErrorBody)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Bounds on retrying one call. ``max_attempts`` counts the first attempt too."""
-
-    max_attempts: int = 5
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-    #: A server asking for a longer wait than this is given up on.
-    retry_after_cap_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
-            raise ValueError("backoff bounds must satisfy 0 <= initial <= max")
-        if self.retry_after_cap_s < 0:
-            raise ValueError("retry_after_cap_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +59,11 @@ class AttemptFailure:
     def reason(self) -> str:
         """A short label for metrics and logs: ``http_429``, ``timeout``, ``stream`` …"""
         return f"http_{self.status}" if self.failure == "http_status" else self.failure
+
+    @property
+    def is_quota(self) -> bool:
+        """The account is out of quota (``insufficient_quota``): a billing state, not a rate."""
+        return QUOTA_ERROR in (self.code, self.error_type)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,57 +206,3 @@ def failure_from_status(
         retry_after_s=parse_retry_after(headers, now_epoch_s),
         refill_s=rate_limit_reset_s(headers) if status == 429 else None,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# The delay before the next attempt
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryAfter:
-    delay_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    why: str
-
-
-RetryDecision = RetryAfter | GiveUp
-
-
-def backoff_s(policy: RetryPolicy, retries_so_far: int, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": a random point in the upper half of the step.
-
-    The SDK takes off at most 25% of the step; spreading over half of it decorrelates a burst of failures
-    better while keeping a floor, so a retry never fires immediately after a failure.
-    """
-    step = min(policy.initial_backoff_s * 2.0 ** min(retries_so_far, 60), policy.max_backoff_s)
-    return step * (0.5 + 0.5 * rng.random())
-
-
-def next_delay(
-    failure: AttemptFailure,
-    *,
-    attempts_made: int,
-    policy: RetryPolicy,
-    remaining_s: float,
-    rng: random.Random,
-) -> RetryDecision:
-    """Retry after how long, or give up, after ``attempts_made`` attempts ended in ``failure``."""
-    if not failure.retriable:
-        return GiveUp("not retriable")
-    if attempts_made >= policy.max_attempts:
-        return GiveUp(f"{attempts_made} attempts made")
-    if failure.retry_after_s is not None:
-        if failure.retry_after_s > policy.retry_after_cap_s:
-            return GiveUp(f"server asked to wait {failure.retry_after_s:g}s, over the cap")
-        delay = failure.retry_after_s * (1 + 0.1 * rng.random())
-    else:
-        delay = backoff_s(policy, attempts_made - 1, rng)
-        if failure.refill_s is not None:
-            delay = min(delay, failure.refill_s)
-    if delay >= remaining_s:
-        return GiveUp(f"a {delay:.3g}s wait would pass the job's deadline")
-    return RetryAfter(delay)

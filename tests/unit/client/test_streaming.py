@@ -8,8 +8,8 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.retry import AttemptFailure
-from pipeline.streaming import ChunkAssembler, SseDecoder, SseEvent, read_stream
+from pipeline.client.failures import AttemptFailure
+from pipeline.client.streaming import ChunkAssembler, SseDecoder, SseEvent, read_stream
 from schemas.chat import ChatCompletion, ModerationError, ModerationResults
 
 MODERATION_CLEAN = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from pipeline.retry import AttemptFailure
+from pipeline.client.failures import AttemptFailure
 from schemas.chat import (
     AssistantMessage,
     ChatCompletion,
