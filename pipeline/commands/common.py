@@ -1,4 +1,5 @@
-"""What every command shares: settings resolution, Kafka error translation, reading a topic to its end."""
+"""What every command shares: settings resolution, Kafka error translation, reading a topic to its end, the
+progress bar."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Never
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from tqdm import tqdm
 
 from pipeline.config import WORKER_OPTIONS, Option, WorkerSettings, add_option_flags, load_worker_settings
 from pipeline.config import resolve_values as _resolve_values
@@ -33,6 +36,18 @@ def parse_reasons(text: str) -> set[str]:
     if unknown:
         raise CliError(f"--reason: unknown kind {', '.join(sorted(unknown))}; known: {', '.join(REASON_KINDS)}")
     return reasons
+
+
+def progress_bar(unit: str, total_bytes: int | None = None) -> tqdm[Never]:
+    """A progress bar on stderr, drawn only when stderr is a terminal, so a pipe or a log never fills with it.
+
+    With ``total_bytes`` (a file's size) it counts bytes, ``update(len(line))``, and shows the share done, the
+    rate and the time left; without, it counts ``unit`` (``update()`` per line or record) and shows the rate.
+    Messages meant for the same terminal go through ``tqdm.write`` so they do not break the bar's line.
+    """
+    if total_bytes is not None:
+        return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=None)
+    return tqdm(unit=f" {unit}", file=sys.stderr, disable=None)
 
 
 def run_async(

@@ -3,7 +3,7 @@
 Starts the embedded broker and the simulator on free ports, creates the three topics, publishes the sample
 set (every route), runs K workers in one group until every job is handled, prints what happened (counts per
 route against what the sample set expects, throughput, end-to-end latency, tokens, one example record per
-route) and shuts everything down.
+route; :mod:`pipeline.commands.demo_report`) and shuts everything down.
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from aiokafka.structs import TopicPartition
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.client import DEFAULT_BASE_URL, ChatClient
 from pipeline.commands.common import CliError, partitions_of, run_async
+from pipeline.commands.demo_report import Tally, print_summary, summary
 from pipeline.config import ConfigError
 from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, make_producer, seek_to_log_start
 from pipeline.logs import configure_logging
@@ -40,8 +38,6 @@ from pipeline.simulator import Simulator
 from pipeline.simulator.config import OPTIONS as SIMULATOR_OPTIONS
 from pipeline.simulator.config import SimulatorConfig, with_values
 from pipeline.worker import Worker
-from schemas.chat import Moderation, ModerationError
-from schemas.topics import InvalidJob, Result, Review, reason_kind
 
 SIMULATOR_KEY = "sk-demo-simulator"
 #: Fast group joins on the embedded broker (it holds JoinGroup for session/2) and frequent commits.
@@ -54,57 +50,6 @@ DEMO_WORKER_ENV = {
     "PIPELINE_MAX_ATTEMPTS": "3",
     "PIPELINE_LOG_LEVEL": "WARNING",
 }
-_result_decoder = msgspec.json.Decoder(Result)
-_review_decoder = msgspec.json.Decoder(Review)
-
-
-@dataclass
-class Tally:
-    """What arrived on the output and review topics, one entry per input record."""
-
-    routes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    examples: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seen: set[tuple[int, int]] = field(default_factory=set)
-    last_ms: int = 0
-
-    @property
-    def handled(self) -> int:
-        return len(self.seen)
-
-    def add(self, destination: str, value: bytes, timestamp_ms: int, published_ms: dict[tuple[int, int], int]) -> None:
-        if destination == "output":
-            result = _result_decoder.decode(value)
-            source, reason, usage = result.source, "-", result.usage
-        else:
-            review = _review_decoder.decode(value)
-            source, reason = review.source, reason_kind(review.reason)
-            usage = review.completion.usage if review.completion else None
-        coordinates = (source.partition, source.offset)
-        if coordinates in self.seen:
-            return  # a reprocessed job's second result: counted once
-        self.seen.add(coordinates)
-        self.routes[(destination, reason)] += 1
-        self.examples.setdefault((destination, reason), value)
-        if coordinates in published_ms:
-            self.latencies_ms.append(max(0, timestamp_ms - published_ms[coordinates]))
-        if usage is not None:
-            self.prompt_tokens += usage.prompt_tokens
-            self.completion_tokens += usage.completion_tokens
-        self.last_ms = max(self.last_ms, timestamp_ms)
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
-
-
-def expected_routes(samples: list[Sample]) -> Counter[tuple[str, str]]:
-    return Counter((s.destination, s.reason or "-") for s in samples)
 
 
 @contextlib.asynccontextmanager
@@ -214,98 +159,6 @@ async def collect(
     finally:
         await consumer.stop()
     return tally
-
-
-def _short(text: str | None, width: int = 60) -> str | None:
-    return text if text is None or len(text) <= width else text[: width - 1] + "…"
-
-
-def _moderation_digest(moderation: Moderation | None) -> dict[str, str] | None:
-    """Each side in a few words: ``flagged violence 0.91`` / ``clean`` / ``error moderation_unavailable``."""
-    if moderation is None:
-        return None
-    digest: dict[str, str] = {}
-    for side, outcome in (("input", moderation.input), ("output", moderation.output)):
-        if isinstance(outcome, ModerationError):
-            digest[side] = f"error {outcome.code}"
-            continue
-        flagged = [
-            f"{category} {result.category_scores.get(category, 0):.2f}"
-            for result in outcome.results
-            for category, hit in result.categories.items()
-            if hit
-        ]
-        digest[side] = "flagged " + ", ".join(flagged) if flagged else "clean"
-    return digest
-
-
-def example(destination: str, value: bytes) -> dict[str, Any]:
-    """The fields of a record a person looks at first, with long text cut."""
-    if destination == "output":
-        result = _result_decoder.decode(value)
-        return {
-            "id": result.id,
-            "content": _short(result.content),
-            "finish_reason": result.finish_reason,
-            "moderation": _moderation_digest(result.moderation),
-            "attempts": result.attempts,
-            "source": msgspec.to_builtins(result.source),
-        }
-    review = _review_decoder.decode(value)
-    shown: dict[str, Any] = {"id": review.id, "reason": msgspec.to_builtins(review.reason)}
-    if isinstance(review.reason, InvalidJob):
-        shown["reason"]["raw"] = _short(review.reason.raw)
-    if review.completion is not None:
-        choices = review.completion.choices
-        shown["content"] = _short(choices[0].message.content) if choices else None
-        shown["moderation"] = _moderation_digest(review.completion.moderation)
-    shown["source"] = msgspec.to_builtins(review.source)
-    return shown
-
-
-def summary(tally: Tally, samples: list[Sample], started_ms: int, workers: int, provider_name: str) -> dict[str, Any]:
-    expected = expected_routes(samples)
-    elapsed_s = max((tally.last_ms - started_ms) / 1000, 1e-3)
-    by_destination: Counter[str] = Counter()
-    for (destination, _), count in tally.routes.items():
-        by_destination[destination] += count
-    return {
-        "provider": provider_name,
-        "workers": workers,
-        "jobs": len(samples),
-        "handled": tally.handled,
-        "by_destination": dict(by_destination),
-        "by_reason": {reason: n for (dest, reason), n in sorted(tally.routes.items()) if dest == "review"},
-        "expected_by_reason": {reason: n for (dest, reason), n in sorted(expected.items()) if dest == "review"},
-        "expected_output": expected.get(("output", "-"), 0),
-        "matches_expected": tally.routes == expected,
-        "elapsed_s": round(elapsed_s, 3),
-        "throughput_jobs_per_s": round(tally.handled / elapsed_s, 2),
-        "latency_ms": {
-            f"p{int(share * 100)}": round(percentile(tally.latencies_ms, share), 1) for share in (0.5, 0.95, 0.99)
-        },
-        "tokens": {"prompt": tally.prompt_tokens, "completion": tally.completion_tokens},
-    }
-
-
-def print_summary(report: dict[str, Any], tally: Tally, samples: list[Sample]) -> None:
-    expected = expected_routes(samples)
-    print(f"\n{'route':<8} {'reason':<20} {'jobs':>6} {'expected':>9}")
-    for key in sorted(set(expected) | set(tally.routes)):
-        destination, reason = key
-        mark = "" if tally.routes[key] == expected[key] else "  <- differs"
-        print(f"{destination:<8} {reason:<20} {tally.routes[key]:>6} {expected[key]:>9}{mark}")
-    print(f"{'total':<29} {tally.handled:>6} {len(samples):>9}")
-    latency = report["latency_ms"]
-    print(
-        f"\nthroughput {report['throughput_jobs_per_s']:,} jobs/s over {report['elapsed_s']} s   "
-        f"end-to-end latency p50 {latency['p50']:,} ms  p95 {latency['p95']:,} ms  p99 {latency['p99']:,} ms   "
-        f"tokens {report['tokens']['prompt']:,} prompt + {report['tokens']['completion']:,} completion"
-    )
-    print("\none record of each route:")
-    for (destination, reason), value in sorted(tally.examples.items()):
-        label = destination if reason == "-" else f"{destination}/{reason}"
-        print(f"  {label}: {json.dumps(example(destination, value), ensure_ascii=False)}")
 
 
 async def run_demo(args: argparse.Namespace) -> int:

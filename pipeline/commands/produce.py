@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from tqdm import tqdm
 
 from pipeline.commands.common import (
     TOPIC_OPTIONS,
@@ -22,6 +22,7 @@ from pipeline.commands.common import (
     add_kafka_flags,
     kafka_errors,
     load_common,
+    progress_bar,
     require_topics,
 )
 from pipeline.kafka import make_producer
@@ -29,45 +30,6 @@ from schemas.topics import HEADER_JOB_ID, Job, decode_job
 
 #: Sends awaited together; bounds memory for long files while keeping the producer's batches full.
 WINDOW = 2_000
-
-
-class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal."""
-
-    def __init__(self, total_bytes: int | None, stream: IO[str] = sys.stderr, unit: str = "lines") -> None:
-        self.total = total_bytes
-        self.unit = unit
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.started = time.monotonic()
-        self._last = 0.0
-
-    def update(self, lines: int, done_bytes: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.1):
-            return
-        self._last = now
-        rate = lines / max(now - self.started, 1e-9)
-        if self.total:
-            share = min(done_bytes / self.total, 1.0)
-            bar = "#" * int(share * 30)
-            text = f"[{bar:<30}] {share:4.0%}  {lines:,} {self.unit}  {rate:,.0f} {self.unit}/s"
-        else:
-            text = f"{lines:,} {self.unit}  {rate:,.0f} {self.unit}/s"
-        self.stream.write("\r" + text)
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes, int]]:
-    done = 0
-    for number, line in enumerate(source, start=1):
-        done += len(line)
-        yield number, line.rstrip(b"\r\n"), done
 
 
 def produce_command(args: argparse.Namespace) -> int:
@@ -87,15 +49,15 @@ async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | No
     producer = make_producer(common.kafka)
     with kafka_errors(common.kafka):
         await producer.start()
-    progress = Progress(size)
+    progress = progress_bar("lines", total_bytes=size)
     seen: dict[str, int] = {}
-    published = invalid = blank = 0
+    published = invalid = 0
     pending: list[asyncio.Future[Any]] = []
     try:
-        for number, line, done in _lines(source):
-            progress.update(number, done)
+        for number, raw in enumerate(source, start=1):
+            progress.update(len(raw) if size is not None else 1)
+            line = raw.rstrip(b"\r\n")
             if not line.strip():
-                blank += 1
                 continue
             job = decode_job(line, max_bytes=common.worker.max_job_bytes)
             problem = None
@@ -105,7 +67,7 @@ async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | No
                 problem = f"duplicate id {job.id!r} (first on line {seen[job.id]})"
             if problem is not None:
                 invalid += 1
-                print(f"line {number}: {problem}", file=sys.stderr)
+                tqdm.write(f"line {number}: {problem}", file=sys.stderr)
                 if strict:
                     break
                 continue
@@ -118,7 +80,6 @@ async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | No
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-        progress.update(published + invalid + blank, progress.total or 0, force=True)
     finally:
         progress.close()
         await producer.stop()

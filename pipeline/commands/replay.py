@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import msgspec
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from tqdm import tqdm
 
 from pipeline.commands.common import (
     TOPIC_OPTIONS,
@@ -30,11 +31,11 @@ from pipeline.commands.common import (
     load_common,
     parse_reasons,
     partitions_of,
+    progress_bar,
     read_to_end,
     require_topics,
     run_async,
 )
-from pipeline.commands.produce import Progress
 from pipeline.commands.tail import describe_reason
 from pipeline.kafka import (
     KafkaSettings,
@@ -140,8 +141,7 @@ async def replay_reviews(args: argparse.Namespace) -> int:
     skipped: Counter[str] = Counter()
     pending: list[asyncio.Future[Any]] = []
     looked_at: dict[TopicPartition, int] = {}
-    examined = 0
-    progress = Progress(None, unit="records")
+    progress = progress_bar("records")
     try:
         consumer.assign(partitions)
         for tp in partitions:  # the earliest of the chosen reasons' cursors; 0 is the log start (seek_to_log_start)
@@ -149,8 +149,7 @@ async def replay_reviews(args: argparse.Namespace) -> int:
         async for record in read_to_end(consumer, partitions):
             tp = TopicPartition(record.topic, record.partition)
             looked_at[tp] = record.offset + 1
-            examined += 1
-            progress.update(examined, 0)
+            progress.update()
             try:
                 review = _review_decoder.decode(record.value or b"")
             except msgspec.MsgspecError:
@@ -174,7 +173,7 @@ async def replay_reviews(args: argparse.Namespace) -> int:
                 continue
             sent.add(review.job.id)
             if args.dry_run:
-                print(f"would replay {review.job.id}  {describe_reason(review.reason)}  (replay {count})")
+                tqdm.write(f"would replay {review.job.id}  {describe_reason(review.reason)}  (replay {count})")
             else:
                 key = review.job.id.encode()
                 headers = [(HEADER_JOB_ID, key), (HEADER_REPLAY_COUNT, str(count).encode())]
