@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pipeline.secret import Secret
 from pipeline.worker import Worker
 from schemas import UserMessage
 from schemas.topics import Job, Result, Review, reason_kind
+from tests.fixtures.env import child_env
 
 #: Fast joins on the embedded broker: it holds JoinGroup for session_timeout/2.
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
@@ -223,7 +223,7 @@ async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.
 
 def worker_env(kafka: KafkaSettings, topics: Topics, base_url: str, **extra: str) -> dict[str, str]:
     return {
-        **os.environ,
+        **child_env(),
         **FAST_GROUP_ENV,
         **topics.env(),
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,

@@ -14,6 +14,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from pipeline.broker import answers_metadata, free_port
 from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, seek_to_log_start
 from tests.fixtures.broker import Broker, require_transactions
+from tests.fixtures.env import child_env
 from tests.integration.harness import publish_racing
 
 
@@ -62,6 +63,7 @@ def test_pipeline_broker_command_runs_a_broker_until_sigterm(topic_prefix: str) 
         [sys.executable, "-m", "pipeline.cli", "broker", "--port", str(port)],
         stdout=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     try:
         assert process.stdout is not None
@@ -79,11 +81,11 @@ def test_pipeline_broker_command_runs_a_broker_until_sigterm(topic_prefix: str) 
 def test_pipeline_broker_reports_a_port_in_use() -> None:
     port = free_port()
     command = [sys.executable, "-m", "pipeline.cli", "broker", "--port", str(port)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, env=child_env())
     try:
         assert first.stdout is not None
         first.stdout.readline()
-        second = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=30, env=child_env())
         assert second.returncode == 1
         assert f"port {port} on 127.0.0.1 is in use" in second.stderr
         assert "Traceback" not in second.stderr

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
+import pty
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +36,7 @@ from schemas.topics import (
     Source,
 )
 from tests.fixtures.broker import Broker
+from tests.fixtures.env import child_env
 from tests.integration.harness import Topics, create_topics, job
 
 
@@ -42,7 +48,7 @@ def pipeline(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=child_env(env or {}),
     )
 
 
@@ -124,6 +130,45 @@ async def test_produce_publishes_valid_lines_and_reports_invalid_ones(
     strict = await asyncio.to_thread(pipeline, ["produce", str(path), "--strict"], topic_env(kafka_broker, topics))
     assert strict.returncode == 1
     assert "published 1 jobs" in strict.stdout and "--strict" in strict.stdout
+
+
+def on_a_terminal(args: Sequence[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``pipeline ARGS`` with stderr on a pseudo-terminal of 100 columns: the exit code, what it showed."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    shown = bytearray()
+    with subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env=child_env(env),
+    ) as process:
+        os.close(terminal)
+        with contextlib.suppress(OSError):  # EIO once the child has exited and closed the terminal
+            while chunk := os.read(controller, 4096):
+                shown += chunk
+        code = process.wait(timeout=120)
+    os.close(controller)
+    return code, shown.decode(errors="replace")
+
+
+async def test_produce_draws_a_progress_bar_on_a_terminal_only(
+    kafka_broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+    topics = Topics.named(topic_prefix)
+    await create_topics(kafka, topics, partitions=1)
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes(b"\n".join(job(f"bar-{n}") for n in range(50)) + b"\n")
+
+    code, shown = await asyncio.to_thread(on_a_terminal, ["produce", str(path)], topic_env(kafka_broker, topics))
+    assert code == 0
+    assert "100%|" in shown and "B/s" in shown
+
+    piped = await asyncio.to_thread(pipeline, ["produce", str(path)], topic_env(kafka_broker, topics))
+    assert piped.returncode == 0
+    assert piped.stderr == ""
 
 
 def review(job_id: str, reason: ApiFailure | Flagged, offset: int) -> bytes:

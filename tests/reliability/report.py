@@ -1,7 +1,9 @@
-"""The reliability table from the latest run: ``python -m tests.reliability.report [--size ci|soak|all]``.
+"""The reliability table: ``python -m tests.reliability.report [--size ci|soak|all] [--latest]``.
 
-Reads ``tests/reliability/results.json`` (written by every reliability test) and prints a Markdown table:
-scenario, jobs, faults injected, lost, duplicates, and the review breakdown.
+Reads ``tests/reliability/results.json`` (the recorded figures the README quotes: written by ``make soak``
+or a run with ``PIPELINE_RECORD_RELIABILITY=1``), or with ``--latest`` ``tests/reliability/out/results.json``
+(any other run, ``make test`` included), and prints a Markdown table: scenario, jobs, faults injected, lost,
+duplicates, and the review breakdown.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tests.reliability.support import RESULTS
+from tests.reliability.support import LATEST_RESULTS, RESULTS
 
 #: The order the README lists the scenarios in.
 ORDER = ("crash", "rebalance-storm", "broker-stall", "provider-storm", "outage-replay", "bad-input", "security", "soak")
@@ -56,12 +58,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", choices=("ci", "soak", "all"), default="all")
     parser.add_argument("--notes", action="store_true", help="also list each scenario's extra figures")
+    parser.add_argument(
+        "--latest", action="store_true", help="the latest run's figures (out/results.json) instead of the recorded ones"
+    )
     args = parser.parse_args()
     sizes = ("ci", "soak") if args.size == "all" else (args.size,)
+    path = LATEST_RESULTS if args.latest else RESULTS
     try:
-        results = json.loads(RESULTS.read_text())
+        results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"no results yet: run `make test` or `make soak` first ({RESULTS})") from None
+        raise SystemExit(f"no results yet: run `make test` or `make soak` first ({path})") from None
     print(table(results, sizes))
     if args.notes:
         print()

@@ -2,8 +2,13 @@
 
 A scenario publishes jobs, injects its faults, reads everything the workers produced and counts: jobs in,
 on output, on review by reason, lost (published, never seen: must be 0), duplicates (seen more than once)
-and faults injected. :func:`record` writes the figures to ``results.json`` beside this file (the latest run
-of each scenario and size), which ``python -m tests.reliability.report`` prints as the README's table.
+and faults injected. :func:`record` keeps the figures (the latest run of each scenario and size) in
+:data:`FIGURES_FILE`, which ``python -m tests.reliability.report`` prints as the README's table:
+
+- ``tests/reliability/out/results.json`` (gitignored) by default, so ``make test`` changes no tracked file;
+- ``tests/reliability/results.json`` (tracked: the figures the README quotes) in a soak run (``make soak``,
+  ``PIPELINE_SOAK=1``) or when ``PIPELINE_RECORD_RELIABILITY=1`` is set, e.g.
+  ``PIPELINE_RECORD_RELIABILITY=1 make test`` to refresh the CI-size rows.
 """
 
 from __future__ import annotations
@@ -38,13 +43,19 @@ from pipeline.kafka import (
     seek_to_log_start,
 )
 from schemas.topics import Result, Review, reason_kind
+from tests.fixtures.env import child_env, run_setting
 from tests.integration.harness import Topics
 from tests.integration.harness import committed as committed_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The figures the README quotes (tracked).
 RESULTS = Path(__file__).with_name("results.json")
+#: The figures of the latest run that did not record them (gitignored).
+LATEST_RESULTS = Path(__file__).with_name("out") / "results.json"
 #: ``make soak`` sets it; the long variants skip without it.
-SOAK = os.environ.get("PIPELINE_SOAK") == "1"
+SOAK = run_setting("PIPELINE_SOAK") == "1"
+#: Where :func:`record` writes this session's figures.
+FIGURES_FILE = RESULTS if SOAK or run_setting("PIPELINE_RECORD_RELIABILITY") == "1" else LATEST_RESULTS
 #: The figures recorded in this pytest session (printed at its end by ``conftest.py``).
 SESSION: list[Tally] = []
 
@@ -195,21 +206,22 @@ def tally(scenario: str, size: str, expected: set[str], seen: list[Seen], faults
 
 
 def record(figures: Tally, started: float) -> Tally:
-    """Print the figures and keep them in ``results.json`` (latest run per scenario and size)."""
+    """Print the figures and keep them in :data:`FIGURES_FILE` (latest run per scenario and size)."""
     figures.seconds = round(time.monotonic() - started, 1)
     SESSION.append(figures)
     print(figures.line())
     try:
-        results: dict[str, Any] = json.loads(RESULTS.read_text())
+        results: dict[str, Any] = json.loads(FIGURES_FILE.read_text())
     except (OSError, ValueError):
         results = {}
     results[f"{figures.scenario}/{figures.size}"] = {
         **asdict(figures),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    temporary = RESULTS.with_suffix(".tmp")
+    FIGURES_FILE.parent.mkdir(exist_ok=True)
+    temporary = FIGURES_FILE.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    temporary.replace(RESULTS)
+    temporary.replace(FIGURES_FILE)
     return figures
 
 
@@ -238,7 +250,7 @@ class WorkerProcess:
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "run"],
-            env={**env, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack into the log
+            env=child_env(env, {"PYTHONFAULTHANDLER": "1"}),  # SIGABRT dumps every thread's stack into the log
             cwd=ROOT,
             stdout=self._log,
             stderr=self._log,

@@ -7,7 +7,6 @@ finally lands on output or on review for a content reason. The worker runs throu
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pipeline.broker import free_port
 from pipeline.kafka import KafkaSettings
 from schemas.topics import HEADER_REPLAY_COUNT, ApiFailure, Review
 from tests.fixtures.broker import Broker
+from tests.fixtures.env import child_env
 from tests.fixtures.simulator import MakeSimulatorProcess
 from tests.integration.harness import Topics, create_topics, job, publish, worker_env
 from tests.reliability.support import (
@@ -131,7 +131,7 @@ async def test_an_outage_goes_to_review_and_a_replay_after_recovery_sends_everyt
             replay = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, "-m", "pipeline.cli", "replay", "--reason", "api_error"],
-                env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
+                env=child_env(topics.env(), {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers}),
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

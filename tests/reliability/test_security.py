@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import secrets
 import shutil
 import ssl
@@ -39,15 +38,16 @@ from aiohttp import web
 
 from pipeline.broker import free_port
 from pipeline.client import ChatClient, ClientConfig, default_transport
+from pipeline.client.transport import AiohttpTransport, HttpTransport, RawResponse, Timeouts, TransportError
 from pipeline.kafka import KafkaSettings
 from pipeline.metrics import Metrics, MetricsObserver
 from pipeline.outcomes import Failed
 from pipeline.secret import Secret
-from pipeline.transport import AiohttpTransport, HttpTransport, RawResponse, Timeouts, TransportError
 from pipeline.worker import Worker
 from schemas import UserMessage
 from schemas.topics import ApiFailure, Job, JobParams, Review
 from tests.fixtures.broker import Broker
+from tests.fixtures.env import child_env
 from tests.fixtures.simulator import MakeSimulator
 from tests.integration.harness import Topics, create_topics, publish, worker_env, worker_settings
 from tests.reliability.support import (
@@ -299,7 +299,7 @@ def _config_error_output(key: str) -> str:
         {"OPENAI_BASE_URL": "ftp://nowhere"},
         {"KAFKA_BOOTSTRAP_SERVERS": ""},
     ):
-        env = {**os.environ, "OPENAI_API_KEY": key, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", **bad}
+        env = child_env({"OPENAI_API_KEY": key, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, bad)
         done = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
         )
@@ -326,7 +326,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
     names = ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
-    subprocess.run([openssl, *request, *names], check=True, capture_output=True)
+    subprocess.run([openssl, *request, *names], check=True, capture_output=True, env=child_env())
     return cert, key
 
 

@@ -9,7 +9,6 @@ routed twice, nothing unhandled logged.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from pipeline.kafka import KafkaSettings
 from tests.fixtures.broker import Broker
+from tests.fixtures.env import run_setting
 from tests.fixtures.simulator import MakeSimulatorProcess
 from tests.integration.harness import Topics, create_topics, job, worker_env
 from tests.reliability.support import (
@@ -34,7 +34,7 @@ from tests.reliability.support import (
     workers,
 )
 
-MINUTES = float(os.environ.get("PIPELINE_SOAK_MINUTES", "10"))
+MINUTES = float(run_setting("PIPELINE_SOAK_MINUTES") or "10")
 PER_SECOND = 40
 SAMPLE_EVERY_S = 2.0
 CONCURRENCY = 64

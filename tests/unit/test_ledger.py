@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.ledger import (
     DEFAULT_METADATA_BUDGET,
+    MAX_DECODED_SPAN,
     METADATA_PREFIX,
     DoneRanges,
     PartitionLedger,
@@ -120,3 +122,60 @@ def test_commit_offset_is_always_the_first_unfinished_record(offsets: list[int],
 def test_encode_decode_round_trips(pairs: list[tuple[int, int]]) -> None:
     ranges = DoneRanges((start, start + length) for start, length in pairs).ranges()
     assert decode_done_map(0, encode_done_map(0, ranges, budget=10_000)).ranges() == ranges
+
+
+# --------------------------------------------------------------------------------------------------
+# The done map on the wire, pinned: a commit written by an older worker reads the same after an upgrade.
+# Every string below is worked out by hand from the format: runs alternate not-done / done from the commit
+# offset, each an unsigned LEB128 varint (7 bits a byte, low group first, the high bit set when more follow),
+# the bytes in base64url without padding, after "pc1:".
+# --------------------------------------------------------------------------------------------------
+
+PINNED_DONE_MAPS = [
+    # runs 3 2 5 1 -> 03 02 05 01 -> 000000 110000 001000 000101 | 000000 01.... -> "AwIF" "AQ"
+    pytest.param(100, [(103, 105), (110, 111)], "pc1:AwIFAQ", id="single-byte-runs"),
+    # runs 1 300 128 1 -> 01, AC 02 (300 = 0b10_0101100), 80 01 (128 = 0b1_0000000), 01 -> "AawC" "gAEB"
+    pytest.param(0, [(1, 301), (429, 430)], "pc1:AawCgAEB", id="multi-byte-runs"),
+]
+
+
+@pytest.mark.parametrize(("base", "done", "metadata"), PINNED_DONE_MAPS)
+def test_a_done_map_encodes_to_its_pinned_string(base: int, done: list[tuple[int, int]], metadata: str) -> None:
+    assert encode_done_map(base, done) == metadata
+
+
+@pytest.mark.parametrize(("base", "done", "metadata"), PINNED_DONE_MAPS)
+def test_a_pinned_done_map_decodes_to_its_ranges(base: int, done: list[tuple[int, int]], metadata: str) -> None:
+    assert decode_done_map(base, metadata).ranges() == done
+
+
+def test_a_map_over_the_budget_keeps_its_nearest_ranges_on_the_wire() -> None:
+    # runs 1 1 1 1 1 1 are six bytes; a budget of 10 leaves (10 - 4) * 3 // 4 = 4 of them: 01 01 01 01
+    assert encode_done_map(0, [(1, 2), (3, 4), (5, 6)], budget=10) == "pc1:AQEBAQ"
+    assert decode_done_map(0, "pc1:AQEBAQ").ranges() == [(1, 2), (3, 4)]
+    assert encode_done_map(0, [(1, 2)], budget=5) == "", "not one range fits: no map at all"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param("pc2:AwIFAQ", id="another-format"),
+        pytest.param("AwIFAQ", id="no-prefix"),
+        pytest.param("pc1:AwIFA", id="not-base64"),  # 5 characters: no base64 text is 4n + 1 long
+        pytest.param("pc1:AwIF", id="odd-run-count"),  # 03 02 05: a not-done run without its done run
+        pytest.param("pc1:AwA", id="zero-length-done-run"),  # 03 00
+        pytest.param("pc1:AAI", id="zero-length-gap"),  # 00 02: would claim the committed offset itself done
+        pytest.param("pc1:A6w", id="truncated-varint"),  # 03 AC: the last byte says another follows
+    ],
+)
+def test_a_malformed_done_map_decodes_to_nothing(metadata: str) -> None:
+    assert decode_done_map(100, metadata).ranges() == []
+
+
+def test_a_done_map_may_span_up_to_the_limit_and_not_one_offset_more() -> None:
+    assert MAX_DECODED_SPAN == 50_000_000
+    # runs 1 49,999,999 -> 01, FF E0 EB 17 (7-bit groups from the low end: 127, 96, 107, 23) -> "Af_g" "6xc"
+    assert encode_done_map(0, [(1, 50_000_000)]) == "pc1:Af_g6xc"
+    assert decode_done_map(0, "pc1:Af_g6xc").ranges() == [(1, 50_000_000)]
+    # runs 1 50,000,000 -> 01, 80 E1 EB 17 (0, 97, 107, 23) -> "AYDh" "6xc"
+    assert decode_done_map(0, "pc1:AYDh6xc").ranges() == []

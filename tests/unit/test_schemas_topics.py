@@ -8,9 +8,10 @@ import json
 import msgspec
 import pytest
 
-from schemas import Job, JobDecodeError, Review, Source, decode_job, invalid_job
+from schemas import Job, JobDecodeError, Review, Source, UserMessage, decode_job, invalid_job
+from schemas.chat import Moderation, ModerationResult, ModerationResults, Usage
 from schemas.export import DEFAULT_DIR, stale_files
-from schemas.topics import MAX_RAW_IN_REVIEW, ApiFailure, Flagged, FlaggedCategory
+from schemas.topics import MAX_RAW_IN_REVIEW, ApiFailure, Flagged, FlaggedCategory, InvalidJob, Result
 
 SOURCE = Source(topic="prompts", partition=3, offset=42)
 VALID = {"id": "job-1", "messages": [{"role": "user", "content": "Write a haiku about tea."}]}
@@ -116,6 +117,112 @@ def test_a_review_of_an_unparseable_job_has_a_null_id() -> None:
     wire = json.loads(msgspec.json.encode(Review(id=None, source=SOURCE, reason=reason)))
     assert wire["id"] is None
     assert wire["reason"] == {"kind": "api_error", "failure": "timeout", "message": "read timed out", "attempts": 3}
+
+
+# --------------------------------------------------------------------------------------------------
+# Records as a worker of this version writes them, pinned: whatever reads the topics (tail, replay, other
+# services, the next version of the worker during a rolling upgrade) must go on reading them. Hand-written,
+# never produced by today's encoder; compared as JSON, so the order of the fields is free.
+# --------------------------------------------------------------------------------------------------
+
+MODERATION_SIDE = (
+    b'{"type":"moderation_results","model":"omni-moderation-latest","results":[{"type":"moderation_result",'
+    b'"categories":{"violence":false},"category_applied_input_types":{"violence":["text"]},'
+    b'"category_scores":{"violence":0.0012},"flagged":false,"model":"omni-moderation-latest"}]}'
+)
+RESULT_RECORD = (
+    b'{"id":"job-1","model":"gpt-4o-mini-2024-07-18","content":"Steam curls from the cup.","finish_reason":"stop",'
+    b'"usage":{"completion_tokens":9,"prompt_tokens":14,"total_tokens":23},'
+    b'"moderation":{"input":' + MODERATION_SIDE + b',"output":' + MODERATION_SIDE + b"},"
+    b'"metadata":{"tenant":"acme"},"attempts":1,"latency_ms":812.5,"completion_id":"chatcmpl-1",'
+    b'"source":{"topic":"prompts","partition":3,"offset":42}}'
+)
+MODERATION_RESULTS = ModerationResults(
+    model="omni-moderation-latest",
+    results=[
+        ModerationResult(
+            categories={"violence": False},
+            category_applied_input_types={"violence": ["text"]},
+            category_scores={"violence": 0.0012},
+            flagged=False,
+            model="omni-moderation-latest",
+        )
+    ],
+)
+RESULT = Result(
+    id="job-1",
+    model="gpt-4o-mini-2024-07-18",
+    content="Steam curls from the cup.",
+    finish_reason="stop",
+    usage=Usage(completion_tokens=9, prompt_tokens=14, total_tokens=23),
+    moderation=Moderation(input=MODERATION_RESULTS, output=MODERATION_RESULTS),
+    metadata={"tenant": "acme"},
+    attempts=1,
+    latency_ms=812.5,
+    completion_id="chatcmpl-1",
+    source=Source(topic="prompts", partition=3, offset=42),
+)
+REVIEW_RECORDS = [
+    pytest.param(
+        b'{"id":"job-2","reason":{"kind":"api_error","failure":"http_status","message":"HTTP 503","attempts":5,'
+        b'"status":503},"source":{"topic":"prompts","partition":0,"offset":7},"job":{"id":"job-2","messages":'
+        b'[{"role":"user","content":"Write a haiku about tea."}],"metadata":{"tenant":"acme"}},"attempts":5}',
+        Review(
+            id="job-2",
+            reason=ApiFailure(failure="http_status", message="HTTP 503", attempts=5, status=503),
+            source=Source(topic="prompts", partition=0, offset=7),
+            job=Job(
+                id="job-2", messages=[UserMessage(content="Write a haiku about tea.")], metadata={"tenant": "acme"}
+            ),
+            attempts=5,
+        ),
+        id="api_error-with-the-job-replay-sends-again",
+    ),
+    pytest.param(
+        b'{"id":"job-3","reason":{"kind":"flagged","side":"input","categories":[{"side":"input",'
+        b'"category":"violence","score":0.91,"source":"provider"}]},"source":{"topic":"prompts","partition":2,'
+        b'"offset":11},"attempts":1,"latency_ms":640.0}',
+        Review(
+            id="job-3",
+            reason=Flagged(
+                side="input",
+                categories=[FlaggedCategory(side="input", category="violence", score=0.91, source="provider")],
+            ),
+            source=Source(topic="prompts", partition=2, offset=11),
+            attempts=1,
+            latency_ms=640.0,
+        ),
+        id="flagged",
+    ),
+    pytest.param(
+        b'{"id":null,"reason":{"kind":"invalid_job","error":"not valid JSON","source":{"topic":"prompts",'
+        b'"partition":1,"offset":9},"raw":"not json","raw_encoding":"utf-8","raw_size":8},'
+        b'"source":{"topic":"prompts","partition":1,"offset":9}}',
+        Review(
+            id=None,
+            reason=InvalidJob(
+                error="not valid JSON",
+                source=Source(topic="prompts", partition=1, offset=9),
+                raw="not json",
+                raw_encoding="utf-8",
+                raw_size=8,
+            ),
+            source=Source(topic="prompts", partition=1, offset=9),
+        ),
+        id="invalid_job",
+    ),
+]
+
+
+def test_a_pinned_result_record_decodes_and_is_what_we_write() -> None:
+    assert msgspec.json.decode(RESULT_RECORD, type=Result) == RESULT
+    assert json.loads(msgspec.json.encode(RESULT)) == json.loads(RESULT_RECORD)
+
+
+@pytest.mark.parametrize(("record", "review"), REVIEW_RECORDS)
+def test_a_pinned_review_record_decodes_and_is_what_we_write(record: bytes, review: Review) -> None:
+    assert msgspec.json.decode(record, type=Review) == review
+    assert json.loads(msgspec.json.encode(review)) == json.loads(record)
 
 
 def test_exported_json_schemas_are_current() -> None:
