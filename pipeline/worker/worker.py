@@ -245,7 +245,9 @@ class Worker:
     def _start(self, tickets: list[Ticket[Record]]) -> None:
         for ticket in tickets:
             task = asyncio.create_task(self._run_job(ticket))
-            self._tasks.setdefault(ticket.tp, set()).add(task)
+            tasks = self._tasks.setdefault(ticket.tp, set())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _run_job(self, ticket: Ticket[Record]) -> None:
         record = ticket.payload
@@ -260,9 +262,6 @@ class Worker:
         except Exception:  # a bug in one job must not take the worker: the job is left uncommitted
             log.exception("job failed; left for the partition's next owner", extra={"offset": record.offset})
         finally:
-            task, tasks = asyncio.current_task(), self._tasks.get(ticket.tp)
-            if task is not None and tasks is not None:
-                tasks.discard(task)
             if delivered:
                 self.offsets.complete(ticket.tp, ticket.epoch, ticket.offset)
                 self._start(self.scheduler.delivered(ticket))
@@ -271,7 +270,8 @@ class Worker:
             self._intake.wake()
 
     def _all_tasks(self) -> set[asyncio.Task[None]]:
-        return set().union(*self._tasks.values()) if self._tasks else set()
+        """The job tasks not yet ended (an ended one leaves its set a loop turn later, by its done callback)."""
+        return {task for tasks in self._tasks.values() for task in tasks if not task.done()}
 
     async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
         for task in tasks:
