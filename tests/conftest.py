@@ -1,4 +1,5 @@
-"""Shared fixtures: one Kafka broker, one provider simulator (see tests/fixtures/), and a hermetic session."""
+"""Shared fixtures: one Kafka broker (also behind a fault-injecting proxy), one provider simulator (see
+tests/fixtures/), and a hermetic session."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from tests.fixtures.env import is_setting
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.simulator"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.kafka_proxy", "tests.fixtures.simulator"]
 
 
 @pytest.fixture(scope="session", autouse=True)
