@@ -160,6 +160,7 @@ def merge_sources(
 
 
 Ordering = Literal["unordered", "key"]
+OffsetReset = Literal["earliest", "latest", "none"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
@@ -171,12 +172,15 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     output_topic: str = "completions"
     review_topic: str = "review"
     group_id: str = "pipeline"
+    #: Static membership (KIP-345): a member that restarts within the session timeout keeps its partitions.
+    group_instance_id: str | None = None
+    auto_offset_reset: OffsetReset = "earliest"
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     max_buffered_bytes: Annotated[int, msgspec.Meta(ge=65_536)] = 64 * 1024 * 1024
     ordering: Ordering = "unordered"
     commit_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 1000
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    revoke_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    revoke_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     max_job_bytes: Annotated[int, msgspec.Meta(ge=256)] = 1_048_576
     topic_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     review_threshold: Probability | None = None
@@ -188,6 +192,9 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     log_level: LogLevel = "INFO"
     log_prompts: bool = False
+    #: /healthz fails when a job has been held this long (a delivery stuck, not a slow provider: keep it above
+    #: the provider client's job deadline).
+    stuck_job_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
 
 
 WORKER_OPTIONS: tuple[Option, ...] = (
@@ -195,6 +202,17 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_OUTPUT_TOPIC", "output_topic", "topic clean completions are written to"),
     Option("PIPELINE_REVIEW_TOPIC", "review_topic", "topic everything else is written to, with a reason"),
     Option("PIPELINE_GROUP_ID", "group_id", "consumer group shared by all workers"),
+    Option(
+        "PIPELINE_GROUP_INSTANCE_ID",
+        "group_instance_id",
+        "static group membership: a stable name per worker (a StatefulSet pod name); a restart within the "
+        "session timeout keeps its partitions without a rebalance (default: none)",
+    ),
+    Option(
+        "PIPELINE_AUTO_OFFSET_RESET",
+        "auto_offset_reset",
+        "where a partition the group never committed starts: earliest (default), latest, or none (not started)",
+    ),
     Option("PIPELINE_CONCURRENCY", "concurrency", "jobs in flight per worker (across its partitions)"),
     Option("PIPELINE_MAX_BUFFERED_BYTES", "max_buffered_bytes", "bytes of jobs in flight before pausing fetches"),
     Option("PIPELINE_ORDERING", "ordering", "unordered, or key: one job at a time per Kafka key, in offset order"),
@@ -212,6 +230,7 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_METRICS_PORT", "metrics_port", "port of /metrics, /healthz and /readyz (0: any free port)"),
     Option("PIPELINE_LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
     Option("PIPELINE_LOG_PROMPTS", "log_prompts", "include prompt text in DEBUG logs (off by default)"),
+    Option("PIPELINE_STUCK_JOB_S", "stuck_job_s", "/healthz fails when a job is held this long (default 900)"),
 )
 
 
@@ -222,6 +241,11 @@ def load_worker_settings(values: Mapping[str, str]) -> WorkerSettings:
         problems.append(
             f"PIPELINE_HEARTBEAT_INTERVAL_MS={settings.heartbeat_interval_ms}: must be at most a third of "
             f"PIPELINE_SESSION_TIMEOUT_MS={settings.session_timeout_ms}"
+        )
+    if settings.revoke_timeout_s * 1000 >= settings.max_poll_interval_ms:
+        problems.append(
+            f"PIPELINE_REVOKE_TIMEOUT_S={settings.revoke_timeout_s:g}: must be under PIPELINE_MAX_POLL_INTERVAL_MS="
+            f"{settings.max_poll_interval_ms} (the group's rebalance timeout), or the worker leaves the group"
         )
     if len({settings.input_topic, settings.output_topic, settings.review_topic}) < 3:
         problems.append("PIPELINE_INPUT_TOPIC, PIPELINE_OUTPUT_TOPIC and PIPELINE_REVIEW_TOPIC must all differ")

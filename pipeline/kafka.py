@@ -1,27 +1,33 @@
 """Kafka plumbing: connection settings (security passed through), client factories, topics, offsets, headers.
 
 Settings chosen for the delivery promise and for the embedded broker's known behaviour: producers use
-``acks="all"`` (acks=0 loses data on Tansu and is never right for results), no idempotent producer (Tansu
-fails InitProducerId; at-least-once plus job-id keys is our contract), consumers never auto-commit and a
-new group starts from the earliest offset (offset 0, see :func:`seek_to_log_start`).
+``acks="all"`` (acks=0 loses data on Tansu and is never right for results); the worker's producer is
+idempotent where the brokers grant producer ids (:func:`grants_producer_ids`: Apache Kafka does, Tansu does
+not), the command-line tools' are not; consumers never auto-commit and a new group starts from the
+earliest offset (offset 0, see :func:`seek_to_log_start`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import secrets
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.commit import OffsetFetchRequest
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from pipeline.backoff import Backoff
 from pipeline.config import Option, parse_settings
+from pipeline.kafka_errors import Verdict, verdict
 from pipeline.secret import Secret
 from schemas.topics import (
     HEADER_JOB_ID,
@@ -37,7 +43,9 @@ from schemas.topics import (
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+Idempotence = Literal["auto", "on", "off"]
 
+COMMITTED_READ_BACKOFF: Final = Backoff(base_s=0.2, cap_s=5.0)
 #: The producer refuses records above this; the worker routes an oversize result to review instead.
 DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
 
@@ -54,6 +62,7 @@ class KafkaSettings(msgspec.Struct, frozen=True, kw_only=True):
     client_id: str = "moderated-pipeline"
     compression: Compression = "none"
     max_record_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_RECORD_BYTES
+    idempotence: Idempotence = "auto"
 
 
 KAFKA_OPTIONS: tuple[Option, ...] = (
@@ -68,6 +77,11 @@ KAFKA_OPTIONS: tuple[Option, ...] = (
     Option("KAFKA_CLIENT_ID", "client_id", "client id the brokers see"),
     Option("KAFKA_COMPRESSION", "compression", "producer compression: none, gzip, snappy, lz4 or zstd"),
     Option("KAFKA_MAX_RECORD_BYTES", "max_record_bytes", "largest record the worker produces"),
+    Option(
+        "KAFKA_IDEMPOTENCE",
+        "idempotence",
+        "idempotent producer: auto (default: on where the brokers grant producer ids), on, or off",
+    ),
 )
 
 
@@ -155,34 +169,67 @@ async def ensure_topics(
 async def committed_with_metadata(
     admin: AIOKafkaAdminClient, group_id: str, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, OffsetAndMetadata]:
-    """The group's committed offsets and metadata strings (partitions listed: Tansu requires it)."""
-    answer: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
-        group_id, partitions=list(partitions)
-    )
-    return {tp: om for tp, om in answer.items() if om is not None and om.offset >= 0}
+    """The group's committed offsets and metadata strings; a partition the group never committed is left out.
 
-
-async def broker_keeps_commit_metadata(settings: KafkaSettings, topic: str, group_id: str) -> bool:
-    """Round-trip check: commit a marker in a probe group and read it back.
-
-    Apache Kafka keeps commit metadata; the embedded Tansu broker accepts it and returns it empty. The
-    probe group (``<group>.metadata-probe``) stays behind with one committed offset; it holds no members.
+    Any error raises, so that an answer is never mistaken for "nothing committed": aiokafka's
+    ``list_consumer_group_offsets`` checks only per-partition codes, and an OffsetFetch v2+ that fails for the
+    whole group (coordinator loading, moved or not available, as during a broker's rolling restart) comes
+    back as no partitions and a top-level code, which it returns as ``{}``. Read as "a new group", that
+    restarts every partition at offset 0. So the request is sent here and both levels are checked, and a
+    partition missing from the answer is an error too. (Partitions are listed: the embedded broker needs it.)
     """
-    probe_group = f"{group_id}.metadata-probe"
-    marker = f"probe-{secrets.token_hex(6)}"
-    partition = TopicPartition(topic, 0)
-    consumer = make_consumer(settings, probe_group)
-    admin = make_admin(settings)
-    await consumer.start()
-    await admin.start()
+    wanted = list(partitions)
+    by_topic: dict[str, list[int]] = {}
+    for tp in wanted:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    coordinator = await admin.find_coordinator(group_id)
+    response = await admin._send_request(OffsetFetchRequest(group_id, list(by_topic.items())), coordinator)
+    group_error = getattr(response, "error_code", 0)  # top-level since v2
+    if group_error:
+        raise for_code(group_error)(f"committed offsets of group {group_id}")
+    found: dict[TopicPartition, OffsetAndMetadata] = {}
+    answered: set[TopicPartition] = set()
+    for topic, answers in response.topics:
+        for partition, offset, metadata, error_code in answers:
+            tp = TopicPartition(topic, partition)
+            if error_code:
+                raise for_code(error_code)(f"committed offset of {topic}-{partition} in group {group_id}")
+            answered.add(tp)
+            if offset >= 0:  # -1: the group has no commit for it
+                found[tp] = OffsetAndMetadata(offset, metadata or "")
+    if missing := [tp for tp in wanted if tp not in answered]:
+        raise KafkaError(f"the coordinator left out {len(missing)} partition(s) of group {group_id}")
+    return found
+
+
+async def committed_with_retries(
+    admin: AIOKafkaAdminClient, group_id: str, partitions: Iterable[TopicPartition], *, within_s: float
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """:func:`committed_with_metadata`, retrying what passes by itself (a coordinator loading or moving) for
+    up to ``within_s``; then, or at once for any other error, the error raises."""
+    wanted = list(partitions)
+    deadline = time.monotonic() + within_s
+    retries = 0
+    while True:
+        try:
+            return await committed_with_metadata(admin, group_id, wanted)
+        except KafkaError as exc:
+            delay = COMMITTED_READ_BACKOFF.delay_s(retries)
+            if verdict(exc) is not Verdict.RETRY or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        retries += 1
+
+
+async def grants_producer_ids(admin: AIOKafkaAdminClient) -> bool:
+    """Whether the brokers give out producer ids (InitProducerId without a transactional id), which the
+    idempotent producer needs at start. Apache Kafka does (and may refuse it under ACLs without the
+    IdempotentWrite permission); the embedded broker answers aiokafka with an error."""
     try:
-        consumer.assign([partition])
-        await consumer.commit({partition: OffsetAndMetadata(0, marker)})
-        stored = await committed_with_metadata(admin, probe_group, [partition])
-        return partition in stored and stored[partition].metadata == marker
-    finally:
-        await consumer.stop()
-        await admin.close()
+        response = await admin._send_request(InitProducerIdRequest(None, 60_000))
+    except KafkaError:
+        return False
+    return not response.error_code
 
 
 def _text(value: str | int) -> bytes:

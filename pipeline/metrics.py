@@ -102,7 +102,36 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         self.commit_metadata_supported = Gauge(
             "pipeline_commit_metadata_supported",
-            "1 when the broker keeps commit metadata (the done-offset map is on)",
+            "1 when the broker keeps commit metadata (the done-offset map is on), 0 when it drops it; "
+            "set once the first commit carrying a map was read back",
+            registry=r,
+        )
+        self.partitions_not_started = Gauge(
+            "pipeline_partitions_not_started",
+            "Owned input partitions not fetched: their committed offset is unknown (the group coordinator did "
+            "not answer) or there is none and PIPELINE_AUTO_OFFSET_RESET=none",
+            registry=r,
+        )
+        self.committed_read_failures = Counter(
+            "pipeline_committed_read_failures",
+            "Reads of the group's committed offsets that failed (retried; never taken for no commit)",
+            registry=r,
+        )
+        self.oldest_job_seconds = Gauge(
+            "pipeline_oldest_job_seconds",
+            "Age of the longest-held job, fetched and not yet acknowledged (0 when none); /healthz fails "
+            "above PIPELINE_STUCK_JOB_S",
+            registry=r,
+        )
+        self.worker_failures = Counter(
+            "pipeline_worker_failures",
+            "Errors the worker cannot get past (it stops with a non-zero exit), by where they happened",
+            ["where"],
+            registry=r,
+        )
+        self.job_failures = Counter(
+            "pipeline_job_failures",
+            "Jobs whose processing raised unexpectedly (a bug); each is routed to review as api_error internal",
             registry=r,
         )
 

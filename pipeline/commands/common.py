@@ -112,7 +112,8 @@ def quiet(logger_name: str = "aiokafka") -> Iterator[None]:
 
 @contextlib.contextmanager
 def kafka_errors(settings: KafkaSettings) -> Iterator[None]:
-    """Translate connection failures into one line naming the address tried."""
+    """Translate connection failures into one line naming the address tried, and any other Kafka error into
+    one line naming it."""
     try:
         with quiet():
             yield
@@ -121,6 +122,8 @@ def kafka_errors(settings: KafkaSettings) -> Iterator[None]:
             f"cannot reach Kafka at {settings.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS): is the broker "
             "running? (`pipeline broker` starts a local one)"
         ) from None
+    except KafkaError as exc:
+        raise CliError(f"Kafka at {settings.bootstrap_servers} answered {type(exc).__name__}: {exc}") from None
 
 
 async def require_topics(settings: KafkaSettings, topics: Iterable[str]) -> None:

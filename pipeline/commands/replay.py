@@ -39,7 +39,7 @@ from pipeline.commands.common import (
 from pipeline.commands.tail import describe_reason
 from pipeline.kafka import (
     KafkaSettings,
-    committed_with_metadata,
+    committed_with_retries,
     make_admin,
     make_consumer,
     make_producer,
@@ -78,6 +78,11 @@ def parse_since(text: str, now: datetime | None = None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+#: How long a coordinator that is loading or moving may take to answer for a cursor; a cursor that cannot
+#: be read stops the run (it is never taken for "no cursor", which would replay everything again).
+CURSOR_READ_WITHIN_S: Final = 30.0
+
+
 def cursor_group(group_id: str, reason: str) -> str:
     return f"{group_id}.replay.{reason}"
 
@@ -92,7 +97,11 @@ async def read_cursors(
         return {
             reason: {
                 tp: om.offset
-                for tp, om in (await committed_with_metadata(admin, cursor_group(group_id, reason), partitions)).items()
+                for tp, om in (
+                    await committed_with_retries(
+                        admin, cursor_group(group_id, reason), partitions, within_s=CURSOR_READ_WITHIN_S
+                    )
+                ).items()
             }
             for reason in sorted(reasons)
         }

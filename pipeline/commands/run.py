@@ -2,7 +2,8 @@
 
 SIGTERM or SIGINT starts a graceful stop (stop fetching, drain up to ``PIPELINE_DRAIN_TIMEOUT_S``, flush,
 commit, leave the group, exit 0); a second signal exits at once with code 130 — whatever was not committed
-is reprocessed by the next owner, nothing is lost.
+is reprocessed by the next owner, nothing is lost. An error the worker cannot get past (Kafka refusing it
+for good, a loop that died: see ``pipeline.worker``) drains what it can, then exits 1 with one line naming it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline.config import WORKER_OPTIONS, WorkerSettings, add_option_flags, lo
 from pipeline.kafka import KAFKA_OPTIONS, KafkaSettings, load_kafka_settings
 from pipeline.logs import configure_logging
 from pipeline.metrics import HealthServer, Metrics, MetricsObserver
-from pipeline.worker import TopicMissing, Worker
+from pipeline.worker import TopicMissing, Worker, WorkerFailed
 
 log = logging.getLogger("pipeline.run")
 
@@ -99,8 +100,8 @@ async def run_worker(settings: RunSettings, stop: asyncio.Event | None = None) -
         with kafka_errors(settings.kafka):
             try:
                 await worker.run(stop)
-            except TopicMissing as exc:
-                raise CliError(str(exc)) from None
+            except (TopicMissing, WorkerFailed) as exc:
+                raise CliError(f"worker stopped: {exc}" if isinstance(exc, WorkerFailed) else str(exc)) from None
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)

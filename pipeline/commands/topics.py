@@ -17,7 +17,7 @@ from pipeline.commands.common import (
     require_topics,
     run_async,
 )
-from pipeline.kafka import committed_with_metadata, make_admin, make_consumer
+from pipeline.kafka import committed_with_retries, make_admin, make_consumer
 
 DEFAULT_PARTITIONS = 6
 
@@ -65,7 +65,9 @@ async def describe_topics(args: argparse.Namespace) -> int:
             partitions = await partitions_of(common.kafka, name)
             ends = await _high_watermarks(consumer, partitions)
             committed = (
-                await committed_with_metadata(admin, worker.group_id, partitions) if name == worker.input_topic else {}
+                await committed_with_retries(admin, worker.group_id, partitions, within_s=10.0)
+                if name == worker.input_topic
+                else {}
             )
             for tp in partitions:
                 offset = committed.get(tp)

@@ -7,7 +7,12 @@ is fetched again: aiokafka wakes the fetch loop when it takes a new assignment, 
 ``on_partitions_assigned``, which reads the committed offsets (a broker round trip) to build the ledgers; a
 fetch that returns first would move the position past records no ledger tracked, and the next commit past
 them. While paused it waits for room (:meth:`Intake.wake`) rather than in ``getmany``, and still polls now
-and then so the consumer keeps its place in the group.
+and then so the consumer keeps its place in the group. A partition can also be held on its own
+(:meth:`Intake.hold`): not fetched whatever the pressure, until :meth:`Intake.release`.
+
+A Kafka error that passes by itself is retried with :data:`FETCH_BACKOFF`; any other ends the loop with
+:class:`~pipeline.kafka_errors.FatalKafkaError` (aiokafka re-raises a dead coordinator's error on every
+fetch: retrying it would only hide it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline.backoff import Backoff
+from pipeline.kafka_errors import FatalKafkaError, Verdict, verdict
 from pipeline.metrics import Metrics
 from pipeline.worker.ports import Consumer, Record
 from pipeline.worker.scheduler import Scheduler
@@ -35,6 +41,9 @@ PAUSED_POLL_S: Final = 5.0
 #: How long a fetch waits for records when there are none.
 FETCH_WAIT_MS: Final = 100
 FETCH_BACKOFF: Final = Backoff(base_s=0.5, cap_s=5.0)
+#: How often the log ends are asked for while partitions are paused (their fetches, which bring the high
+#: watermark, stop).
+END_OFFSETS_EVERY_S: Final = 10.0
 
 #: Takes a fetched batch; False when the partition has no ledger yet (the batch is fetched again).
 Submit = Callable[[TopicPartition, list[Record]], bool]
@@ -51,10 +60,16 @@ class Intake:
         self._metrics = metrics
         self._keepalive_s = min(PAUSED_POLL_S, max_poll_interval_ms / 4000)
         self._paused = False
+        #: Partitions not fetched whatever the pressure (see :meth:`hold`).
+        self._held: set[TopicPartition] = set()
+        #: True between a revocation and the next assignment: the consumer is rejoining its group.
+        self.rebalancing = False
         #: Set when what is held falls to the resume level while paused: wakes the fetch loop at once.
         self._room = asyncio.Event()
         #: When the loop last turned (for the liveness probe).
         self.last_turn = time.monotonic()
+        self._end_offsets: dict[TopicPartition, int] = {}
+        self._end_offsets_at = 0.0
 
     @property
     def paused(self) -> bool:
@@ -66,8 +81,30 @@ class Intake:
             self._room.set()
 
     def assignment_changed(self) -> None:
-        """A new assignment starts unpaused (the consumer does not carry pauses across a rebalance)."""
+        """A new assignment starts unpaused (the consumer does not carry pauses across a rebalance); the
+        partitions still held and still owned are paused again."""
         self._paused = False
+        self.rebalancing = False
+        self._held &= self._consumer.assignment()
+        if self._held:
+            self._consumer.pause(*self._held)
+
+    def hold(self, *partitions: TopicPartition) -> None:
+        """Stop fetching these partitions until :meth:`release`, whatever the backpressure says."""
+        self._held.update(partitions)
+        owned = [tp for tp in partitions if tp in self._consumer.assignment()]
+        if owned:
+            self._consumer.pause(*owned)
+
+    def release(self, *partitions: TopicPartition) -> None:
+        self._held.difference_update(partitions)
+        owned = [tp for tp in partitions if tp in self._consumer.assignment()]
+        if owned and not self._paused:
+            self._consumer.resume(*owned)
+
+    @property
+    def held(self) -> set[TopicPartition]:
+        return set(self._held)
 
     async def run(self, stop: asyncio.Event, submit: Submit) -> None:
         polled = time.monotonic()
@@ -87,6 +124,8 @@ class Intake:
                     timeout_ms=timeout_ms, max_records=max(self._scheduler.room(), 1)
                 )
             except KafkaError as exc:
+                if verdict(exc) is not Verdict.RETRY:
+                    raise FatalKafkaError("fetching", exc) from exc
                 log.warning("fetch failed; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(FETCH_BACKOFF.delay_s(failures))
                 failures += 1
@@ -96,14 +135,27 @@ class Intake:
                 if records and not submit(tp, records):
                     self._fetch_again(tp, records[0].offset)
 
+    def log_end(self, tp: TopicPartition) -> int:
+        """The partition's log end as last seen (0 when unknown): the fetch high watermark, or the end offset
+        asked for while paused (exact on Apache Kafka; a little low on the embedded broker)."""
+        return max(self._consumer.highwater(tp) or 0, self._end_offsets.get(tp, 0))
+
+    async def refresh_log_ends(self, partitions: list[TopicPartition]) -> None:
+        """While paused, ask for the log ends every :data:`END_OFFSETS_EVERY_S`."""
+        if self._paused and time.monotonic() - self._end_offsets_at > END_OFFSETS_EVERY_S:
+            self._end_offsets_at = time.monotonic()
+            try:
+                self._end_offsets = await self._consumer.end_offsets(partitions)
+            except KafkaError:
+                self._end_offsets = {}
+
     def _apply_backpressure(self) -> None:
         decision = self._scheduler.fetch_decision(self._paused)
         if decision != "keep":
-            assignment = list(self._consumer.assignment())
             if decision == "pause":
-                self._consumer.pause(*assignment)
+                self._consumer.pause(*self._consumer.assignment())
             else:
-                self._consumer.resume(*assignment)
+                self._consumer.resume(*(self._consumer.assignment() - self._held))
             self._paused = decision == "pause"
         self._metrics.partitions_paused.set(len(self._consumer.paused()))
 

@@ -13,9 +13,9 @@ import time
 from typing import Protocol
 
 from pipeline.outcomes import Failed, Outcome
-from pipeline.routing import Route, Thresholds, repeated_key, route, route_invalid
+from pipeline.routing import Route, Thresholds, ToReview, repeated_key, route, route_invalid
 from schemas.chat import TextPart, UserMessage
-from schemas.topics import Job, JobDecodeError, Source, decode_job, invalid_job
+from schemas.topics import ApiFailure, Job, JobDecodeError, Review, Source, decode_job, invalid_job
 
 log = logging.getLogger("pipeline.worker")
 
@@ -26,6 +26,15 @@ class CompletionClient(Protocol):
     async def complete(self, job: Job) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+def internal_failure(raw: bytes, source: Source, error: BaseException, max_job_bytes: int) -> ToReview:
+    """The review for a job whose processing raised (a bug): ``api_error`` ``internal``, with the job when it
+    decodes, so that ``pipeline replay --reason api_error`` can send it again once the bug is fixed."""
+    decoded = decode_job(raw, max_bytes=max_job_bytes)
+    job = None if isinstance(decoded, JobDecodeError) else decoded
+    reason = ApiFailure(failure="internal", message=f"processing raised {type(error).__name__}", attempts=0)
+    return ToReview(Review(id=job.id if job else None, reason=reason, source=source, job=job))
 
 
 def prompt_text(job: Job) -> str:

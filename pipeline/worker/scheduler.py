@@ -73,6 +73,8 @@ class Ticket(Generic[P]):
     size: int
     payload: P
     state: JobState = JobState.READY
+    #: When it was fetched (the worker's monotonic clock): the age of the oldest held job feeds liveness.
+    since: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,10 @@ class Scheduler(Generic[P]):
     def draining(self) -> bool:
         return self._draining
 
+    def oldest_since(self) -> float | None:
+        """When the longest-held job was fetched (``None`` when none is held); a scan, for scrapes only."""
+        return min((ticket.since for ticket in self._books.held), default=None)
+
     def tickets(self, which: Callable[[Ticket[P]], bool] = lambda _: True) -> list[Ticket[P]]:
         return [ticket for ticket in self._books.held if which(ticket)]
 
@@ -179,10 +185,18 @@ class Scheduler(Generic[P]):
     # ------------------------------------------------------------------ transitions
 
     def admit(
-        self, tp: TopicPartition, epoch: int, offset: int, key: bytes | None, size: int, payload: P
+        self,
+        tp: TopicPartition,
+        epoch: int,
+        offset: int,
+        key: bytes | None,
+        size: int,
+        payload: P,
+        *,
+        since: float = 0.0,
     ) -> tuple[Ticket[P], list[Ticket[P]]]:
         """A fetched record becomes a held job; returns it and the jobs to start now."""
-        ticket = Ticket(tp=tp, epoch=epoch, offset=offset, key=key, size=size, payload=payload)
+        ticket = Ticket(tp=tp, epoch=epoch, offset=offset, key=key, size=size, payload=payload, since=since)
         if self._draining or tp in self._closing:
             ticket.state = JobState.DROPPED
             return ticket, []

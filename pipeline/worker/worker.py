@@ -1,14 +1,22 @@
 """The thin worker: wires intake, scheduler, processor, sink and offsets, and owns the lifecycle.
 
-One task per started job. The intake hands fetched records to :meth:`Worker._submit`, which tracks them in
-their partition's ledger (:mod:`~pipeline.worker.offsets`) and admits them to the
-:mod:`~pipeline.worker.scheduler`; the jobs it starts run :meth:`Worker._run_job`: the processor's
-decode → call → route, the scheduler told the call returned (its slot goes to the next job), the sink's
-delivery, and the ledger told the job is done. Every value passes through here; no part calls another.
+The intake hands fetched records to :meth:`Worker._submit`, which tracks them in their partition's ledger
+(:mod:`~pipeline.worker.offsets`) and admits them to the :mod:`~pipeline.worker.scheduler`; the jobs it starts
+run in :mod:`~pipeline.worker.jobs`: the processor's decode → call → route, the scheduler told the call
+returned (its slot goes to the next job), the sink's delivery, and the ledger told the job is done. A partition
+whose commit falls more than :data:`~pipeline.ledger.MAX_SPAN_BEHIND_HEAD` records behind what was fetched (a
+stuck job at its head) is not fetched until it catches up.
 
 Rebalance: revoked partitions start nothing more and get ``revoke_timeout_s`` for their jobs in flight, then
-what is done is committed and the rest is cancelled and left to the new owner. Shutdown: stop fetching, drain
-up to ``drain_timeout_s``, flush, commit, leave the group.
+what is done is committed and the rest is cancelled and left to the new owner; newly assigned ones start where
+:mod:`~pipeline.worker.starts` says. Shutdown: stop fetching, drain up to ``drain_timeout_s``, flush, commit,
+leave the group.
+
+Failure: the fetch loop, the commit loop, the rebalance callbacks and every job are watched. A job whose
+processing raises is routed to review (``api_error`` ``internal``) and its partition moves on. A Kafka error
+that will not pass (:mod:`pipeline.kafka_errors`) or a loop or callback that dies stops the worker: it drains
+what it can, commits, leaves, logs one line with the cause and :meth:`Worker.run` raises
+:class:`WorkerFailed` (``pipeline run`` exits 1), rather than living on as a worker that does nothing.
 """
 
 from __future__ import annotations
@@ -21,33 +29,37 @@ from collections.abc import Coroutine, Iterable
 from typing import Final
 
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from pipeline.config import WorkerSettings
 from pipeline.kafka import KafkaSettings
+from pipeline.kafka_errors import FatalKafkaError
+from pipeline.ledger import MAX_SPAN_BEHIND_HEAD
 from pipeline.metrics import Metrics
 from pipeline.routing import Thresholds
 from pipeline.worker.intake import Intake
+from pipeline.worker.jobs import Jobs
 from pipeline.worker.offsets import Admission, Offsets, admit
 from pipeline.worker.ports import KafkaClients, Record
 from pipeline.worker.processor import CompletionClient, Processor
 from pipeline.worker.scheduler import Limits, Scheduler, Ticket
 from pipeline.worker.sink import Destinations, Sink
-from schemas.topics import Source
+from pipeline.worker.starts import PartitionStarts
 
 log = logging.getLogger("pipeline.worker")
 
 #: /healthz fails when the fetch loop has not turned for this long (a wedged loop, not a slow provider).
 LIVENESS_STALL_S: Final = 60.0
-#: How often lag is measured against the log end while partitions are paused (their fetches stop).
-END_OFFSETS_EVERY_S: Final = 10.0
 #: On a stop, how long the fetch loop may take to notice it before it is cancelled (held by a rebalance).
 STOP_FETCH_GRACE_S: Final = 1.0
 
 
 class TopicMissing(RuntimeError):
     """A topic the worker needs does not exist."""
+
+
+class WorkerFailed(RuntimeError):
+    """The worker met an error it cannot get past, and stopped; the message names it."""
 
 
 async def _unless_stopped(
@@ -74,11 +86,19 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
+    """aiokafka logs and swallows what a listener raises; here it stops the worker instead."""
+
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._worker._on_revoked(list(revoked))
+        try:
+            await self._worker._on_revoked(list(revoked))
+        except Exception as exc:
+            self._worker._fail(exc, "revoking partitions")
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._worker._on_assigned(list(assigned))
+        try:
+            await self._worker._on_assigned(list(assigned))
+        except Exception as exc:
+            self._worker._fail(exc, "assigning partitions")
 
 
 class Worker:
@@ -97,7 +117,7 @@ class Worker:
         self.scheduler: Scheduler[Record] = Scheduler(
             Limits.for_concurrency(settings.concurrency, settings.max_buffered_bytes)
         )
-        self.offsets = Offsets(metrics)
+        self.offsets = Offsets(metrics, read_back=lambda tps: self.clients.admin.committed(settings.group_id, tps))
         thresholds = Thresholds(any_category=settings.review_threshold, per_category=settings.review_thresholds)
         self._processor = Processor(
             client, thresholds, max_job_bytes=settings.max_job_bytes, log_prompts=settings.log_prompts
@@ -109,21 +129,53 @@ class Worker:
         self._intake = Intake(
             self.clients.consumer, self.scheduler, metrics, max_poll_interval_ms=settings.max_poll_interval_ms
         )
-        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._starts = PartitionStarts(
+            group_id=settings.group_id,
+            reset=settings.auto_offset_reset,
+            consumer=self.clients.consumer,
+            admin=self.clients.admin,
+            offsets=self.offsets,
+            intake=self._intake,
+            metrics=metrics,
+            fail=self._fail,
+        )
+        self._jobs = Jobs(
+            scheduler=self.scheduler,
+            processor=self._processor,
+            sink=self._sink,
+            offsets=self.offsets,
+            metrics=metrics,
+            max_job_bytes=settings.max_job_bytes,
+            after=self._after_job,
+            fail=self._fail,
+        )
+        #: Partitions whose commit offset is more than ``_span_limit`` records behind what was fetched: a stuck
+        #: job at their head; fetching more of them would only grow what a restart must fetch again.
+        self._span_held: set[TopicPartition] = set()
+        self._span_limit = MAX_SPAN_BEHIND_HEAD
         self._running = False
-        self._end_offsets: dict[TopicPartition, int] = {}
-        self._end_offsets_at = 0.0
+        #: Set by a stop or a failure: the fetch loop ends and the worker drains.
+        self._halt = asyncio.Event()
+        self.failure: str | None = None
         # Read when scraped rather than set on every job start and finish.
         metrics.jobs_in_flight.set_function(lambda: self.scheduler.held)
         metrics.bytes_in_flight.set_function(lambda: self.scheduler.held_bytes)
+        metrics.oldest_job_seconds.set_function(self._oldest_job_s)
 
     # ------------------------------------------------------------------ state seen from outside
 
     @property
     def alive(self) -> bool:
-        """Running, and the fetch loop turned recently (or it is draining, which stops fetching on purpose)."""
+        """Running; the fetch loop turned recently (or it is draining, which stops fetching on purpose, or the
+        group is rebalancing, which holds the fetch loop: a restart then would only rebalance it again); and
+        no job has been held longer than ``stuck_job_s`` (a delivery that cannot get through)."""
         stalled = time.monotonic() - self._intake.last_turn > LIVENESS_STALL_S
-        return self._running and (self.scheduler.draining or not stalled)
+        fetching = self.scheduler.draining or self._intake.rebalancing or not stalled
+        return self._running and fetching and self._oldest_job_s() <= self.settings.stuck_job_s
+
+    def _oldest_job_s(self) -> float:
+        since = self.scheduler.oldest_since()
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def ready(self) -> bool:
@@ -140,39 +192,75 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process jobs until ``stop`` is set, then drain and leave the group."""
+        """Process jobs until ``stop`` is set, then drain and leave the group; raises :class:`WorkerFailed`
+        (after draining) when an error it cannot get past stopped it instead."""
         consumer, producer, admin = self.clients.consumer, self.clients.producer, self.clients.admin
-        await admin.start()
+        relay = asyncio.create_task(self._halt_when(stop), name="stop-relay")
         try:
-            await self._check_topics()
-            self.offsets.keeps_metadata = await self._probe_commit_metadata()
-            await producer.start()
+            await admin.start()
             try:
-                consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
-                if not await _unless_stopped(consumer.start(), stop, name="consumer-start"):
-                    # aiokafka's start waits for the first assignment, which a stuck rebalance may never bring
-                    log.info("stopped before the first assignment")
-                    await consumer.stop()
-                    return
-                self._running = True
-                committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
+                await self._check_topics()
+                await producer.start()
                 try:
-                    # getmany waits out a rebalance whatever its timeout, and a stop must not wait for the group:
-                    # the loop is given up on (cancelled at an await, having submitted what it was handed).
-                    fetching = self._intake.run(stop, self._submit)
-                    await _unless_stopped(fetching, stop, name="fetch-loop", grace_s=STOP_FETCH_GRACE_S)
-                    await self._drain()
+                    consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
+                    # aiokafka's start waits for the first assignment, which a stuck rebalance may never bring
+                    if await _unless_stopped(consumer.start(), self._halt, name="consumer-start"):
+                        await self._run_started()
+                    else:
+                        log.info("stopped before the first assignment")
+                        await consumer.stop()
                 finally:
-                    self._running = False
-                    committer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await committer
-                    await self._cancel(self._all_tasks())
-                    await consumer.stop()
+                    await producer.stop()
             finally:
-                await producer.stop()
+                await admin.close()
         finally:
-            await admin.close()
+            relay.cancel()
+        if self.failure is not None:
+            raise WorkerFailed(self.failure)
+
+    async def _run_started(self) -> None:
+        self._running = True
+        committer = asyncio.create_task(self._watched(self._commit_loop(), "the commit loop"), name="commit-loop")
+        try:
+            # getmany waits out a rebalance whatever its timeout, and a stop must not wait for the group: the
+            # loop is given up on (cancelled at an await, having submitted what it was handed).
+            fetching = self._watched(self._intake.run(self._halt, self._submit), "the fetch loop")
+            await _unless_stopped(fetching, self._halt, name="fetch-loop", grace_s=STOP_FETCH_GRACE_S)
+            await self._drain()
+        finally:
+            self._running = False
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._starts.close()
+            await self._jobs.cancel()
+            await self.clients.consumer.stop()
+
+    async def _halt_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._halt.set()
+
+    async def _watched(self, work: Coroutine[object, object, None], what: str) -> None:
+        """Run a loop that must not end by an error: if it does, the worker fails (and stops)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc, what)
+
+    def _fail(self, error: BaseException, where: str) -> None:
+        """Stop the worker for an error it cannot get past: the first one is logged (with its traceback
+        unless it is a Kafka verdict, which says all) and named by :class:`WorkerFailed`."""
+        if self.failure is None:
+            self.failure = str(error) if isinstance(error, FatalKafkaError) else f"{where}: {error!r}"
+            self.metrics.worker_failures.labels(where).inc()
+            log.error(
+                "worker failed; stopping",
+                exc_info=None if isinstance(error, FatalKafkaError) else error,
+                extra={"error": type(error).__name__, "detail": self.failure},
+            )
+        self._halt.set()
 
     async def _check_topics(self) -> None:
         """Fail at start when a topic is missing, after waiting up to ``topic_wait_s`` for it to appear."""
@@ -191,33 +279,22 @@ class Worker:
                 f"{self.kafka.bootstrap_servers}; create them with `pipeline topics create`"
             )
 
-    async def _probe_commit_metadata(self) -> bool:
-        try:
-            keeps = await self.clients.admin.keeps_commit_metadata(self.settings.input_topic, self.settings.group_id)
-        except KafkaError as exc:
-            log.warning("commit metadata probe failed; done-offset map off", extra={"error": type(exc).__name__})
-            keeps = False
-        if not keeps:
-            log.info(
-                "the broker does not keep commit metadata: the done-offset map is off, so a restart "
-                "reprocesses jobs finished beyond the committed offset"
-            )
-        self.metrics.commit_metadata_supported.set(1 if keeps else 0)
-        return keeps
-
     async def _drain(self) -> None:
         self.scheduler.drain()
         consumer = self.clients.consumer
         assignment = list(consumer.assignment())
         if assignment:
             consumer.pause(*assignment)
-        pending = self._all_tasks()
+        pending = self._jobs.running()
         log.info("draining", extra={"count": len(pending)})
         if pending:
             await asyncio.wait(pending, timeout=self.settings.drain_timeout_s)
         await self.clients.producer.flush()
-        await self.offsets.commit(consumer.commit)
-        left = self._all_tasks()
+        try:
+            await self.offsets.commit(consumer.commit)
+        except FatalKafkaError as exc:
+            self._fail(exc, "the last commit")
+        left = self._jobs.running()
         if left:
             log.warning("drain deadline passed; unfinished jobs will be reprocessed", extra={"count": len(left)})
 
@@ -238,46 +315,28 @@ class Worker:
                 self.metrics.jobs_skipped.inc()
                 continue
             key = record.key if by_key else None
-            _, started = self.scheduler.admit(tp, ledger.epoch, record.offset, key, len(record.value or b""), record)
-            self._start(started)
+            _, started = self.scheduler.admit(
+                tp, ledger.epoch, record.offset, key, len(record.value or b""), record, since=time.monotonic()
+            )
+            self._jobs.start(started)
+        if ledger.span > self._span_limit and tp not in self._span_held:
+            self._span_held.add(tp)
+            self._intake.hold(tp)
+            log.warning(
+                "a stuck job holds its partition's commit far behind: fetching it paused until it moves",
+                extra={"partition": tp.partition, "offset": ledger.commit_offset(), "count": ledger.span},
+            )
         return True
 
-    def _start(self, tickets: list[Ticket[Record]]) -> None:
-        for ticket in tickets:
-            task = asyncio.create_task(self._run_job(ticket))
-            tasks = self._tasks.setdefault(ticket.tp, set())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    async def _run_job(self, ticket: Ticket[Record]) -> None:
-        record = ticket.payload
-        delivered = False
-        try:
-            source = Source(topic=record.topic, partition=record.partition, offset=record.offset)
-            routed = await self._processor.process(record.value or b"", source)
-            self._start(self.scheduler.call_returned(ticket))
-            self._intake.wake()
-            await self._sink.deliver(routed, record)
-            delivered = True
-        except Exception:  # a bug in one job must not take the worker: the job is left uncommitted
-            log.exception("job failed; left for the partition's next owner", extra={"offset": record.offset})
-        finally:
-            if delivered:
-                self.offsets.complete(ticket.tp, ticket.epoch, ticket.offset)
-                self._start(self.scheduler.delivered(ticket))
-            else:
-                self._start(self.scheduler.abandon(ticket))
-            self._intake.wake()
-
-    def _all_tasks(self) -> set[asyncio.Task[None]]:
-        """The job tasks not yet ended (an ended one leaves its set a loop turn later, by its done callback)."""
-        return {task for tasks in self._tasks.values() for task in tasks if not task.done()}
-
-    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def _after_job(self, ticket: Ticket[Record]) -> None:
+        """A job gave up its slot or its hold: wake a paused fetch loop, fetch a span-held partition again
+        once its commit has caught up to a tenth below the limit."""
+        self._intake.wake()
+        if ticket.tp in self._span_held:
+            ledger = self.offsets.ledger(ticket.tp)
+            if ledger is None or ledger.span <= self._span_limit * 0.9:
+                self._span_held.discard(ticket.tp)
+                self._intake.release(ticket.tp)
 
     # ------------------------------------------------------------------ offsets and rebalance
 
@@ -286,60 +345,36 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             await self.offsets.commit(self.clients.consumer.commit)
-            await self._update_lag()
-
-    async def _update_lag(self) -> None:
-        """Lag per owned partition against the log end: the fetch high watermark, and for paused partitions
-        (not fetched) also the end offsets, asked every ``END_OFFSETS_EVERY_S`` (exact on Apache Kafka; a
-        little low on the embedded broker)."""
-        consumer = self.clients.consumer
-        if self._intake.paused and time.monotonic() - self._end_offsets_at > END_OFFSETS_EVERY_S:
-            self._end_offsets_at = time.monotonic()
-            try:
-                self._end_offsets = await consumer.end_offsets(self.offsets.partitions)
-            except KafkaError:
-                self._end_offsets = {}
-        self.offsets.record_lag(lambda tp: max(consumer.highwater(tp) or 0, self._end_offsets.get(tp, 0)))
+            await self._intake.refresh_log_ends(self.offsets.partitions)
+            self.offsets.record_lag(self._intake.log_end)
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        """A ledger per new partition, starting at its committed offset (with the done map), and the
-        consumer positioned there: the ledger, not a reset the consumer did on its own, says where to start."""
-        consumer = self.clients.consumer
-        stored: dict[TopicPartition, OffsetAndMetadata] | None = None
-        try:
-            stored = await self.clients.admin.committed(self.settings.group_id, assigned)
-        except Exception as exc:  # the partitions need their ledgers anyway: without one, fetches are rewound
-            log.warning("could not read committed offsets; no done map this time", extra={"error": type(exc).__name__})
-        if stored is not None:
-            owned = consumer.assignment()
-            for tp in assigned:
-                if tp in owned:
-                    # Offset 0, not the broker's "earliest": see kafka.seek_to_log_start.
-                    consumer.seek(tp, stored[tp].offset if tp in stored else 0)
-        for tp in assigned:
-            self.offsets.assign(tp, stored.get(tp) if stored else None)
+        """Each new partition starts where its committed offset says (see :mod:`~pipeline.worker.starts`)."""
         self._intake.assignment_changed()
-        self.metrics.partitions_assigned.set(len(self.offsets.partitions))
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}-{tp.partition}" for tp in assigned]})
+        await self._starts.assigned(assigned)
+        self.metrics.partitions_assigned.set(len(self.offsets.partitions))
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._intake.rebalancing = True
+        self._starts.revoked(revoked)
+        self._span_held.difference_update(revoked)
         revoked = [tp for tp in revoked if tp in self.offsets]
         if not revoked:
             return
         self.scheduler.close_partitions(revoked)
-        pending: set[asyncio.Task[None]] = set().union(*(self._tasks.get(tp, set()) for tp in revoked))
+        pending = self._jobs.running(revoked)
         if pending:
             await asyncio.wait(pending, timeout=self.settings.revoke_timeout_s)
         await self.offsets.commit(self.clients.consumer.commit, self.offsets.release(revoked))
         self.offsets.forget(revoked)
-        abandoned: set[asyncio.Task[None]] = set().union(*(self._tasks.pop(tp, set()) for tp in revoked))
         for tp in revoked:
             self.metrics.forget_partition(tp.topic, tp.partition)
-        await self._cancel(abandoned)
-        self._start(self.scheduler.forget_partitions(revoked))
+        abandoned = await self._jobs.cancel(revoked)
+        self._jobs.start(self.scheduler.forget_partitions(revoked))
         self._intake.wake()
         self.metrics.partitions_assigned.set(len(self.offsets.partitions))
         log.info(
             "partitions revoked",
-            extra={"partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked], "count": len(abandoned)},
+            extra={"partitions": [f"{tp.topic}-{tp.partition}" for tp in revoked], "count": abandoned},
         )

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.kafka import KafkaSettings, broker_keeps_commit_metadata
+from pipeline.kafka import KafkaSettings
 from pipeline.simulator import SimulatorConfig
 from pipeline.simulator.latency import parse_latency
 from tests.fixtures.broker import Broker
@@ -74,35 +74,13 @@ async def test_a_restart_resumes_without_loss(
     assert stats.duplicate_successes == {}
 
 
-async def test_the_done_map_skips_work_after_a_restart(
-    kafka_broker: Broker, topic_prefix: str, make_simulator: MakeSimulator
-) -> None:
-    """Where the broker keeps commit metadata, finished-beyond-the-commit jobs are not paid for twice."""
-    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
-    topics = Topics.named(topic_prefix)
-    await create_topics(kafka, topics, partitions=1)
-    if not await broker_keeps_commit_metadata(kafka, topics.input, topics.group):
-        pytest.skip(f"the {kafka_broker.kind} broker does not keep commit metadata (Tansu returns it empty)")
-    values = [job("slow", "Take your time [[sim: latency=30000]]")] + [job(f"fast-{i}") for i in range(20)]
-    sim = await make_simulator()
-    settings = worker_settings(topics, drain_timeout_s=0.5)
-    async with running_worker(kafka, settings, client_config(sim.base_url)):
-        await publish(kafka, topics.input, values, partition=0)
-        await collect(kafka, topics, 20)
-        await asyncio.sleep(0.5)  # the done map of fast-0..19 goes out with the commit at offset 0
-    sim.reset_stats()
-    async with running_worker(kafka, settings, client_config(sim.base_url)):
-        await wait_until(lambda: sim.stats().requests >= 1, timeout=30)
-        await asyncio.sleep(1.0)
-    stats = sim.stats()
-    assert stats.requests == 1, "only the unfinished slow job is sent again"
-
-
 async def test_records_fetched_before_the_partition_ledger_exists_are_fetched_again(
     kafka_broker: Broker, topic_prefix: str, monkeypatch: pytest.MonkeyPatch, make_simulator: MakeSimulator
 ) -> None:
     """aiokafka may hand over a new partition's records before ``on_partitions_assigned`` has read the
-    committed offsets; slowing that read makes the race certain. None may be skipped (or committed past)."""
+    committed offsets; slowing that read makes the race certain. The partition is held (paused) until the
+    read answers, and a batch that still arrives first is fetched again: none may be skipped or committed
+    past."""
     import pipeline.worker.ports as worker_module
 
     real_read = worker_module.committed_with_metadata
@@ -119,10 +97,9 @@ async def test_records_fetched_before_the_partition_ledger_exists_are_fetched_ag
     sim = await make_simulator()
     async with running_worker(kafka, worker_settings(topics), client_config(sim.base_url)) as running:
         collected = await collect(kafka, topics, 20, timeout=30)
-        rewound = running.worker.metrics.fetches_rewound._value.get()
+        assert running.worker.metrics.jobs_consumed._value.get() == 20, "each record taken once"
     assert {r.id for r in collected.results} == {f"r-{i}" for i in range(20)}
     assert (await committed(kafka, topics.group, topics.input, 1)) == {0: 20}
-    assert rewound >= 1, "the records came before the ledger (the race this test is about)"
 
 
 async def test_a_new_group_starts_at_the_first_record_however_the_first_batches_were_written(
@@ -207,58 +184,3 @@ async def test_a_frozen_broker_loses_nothing(
         assert running.worker.alive
     ids = {r.id for r in collected.results}
     assert ids == {f"s-{i}" for i in range(40)} | {f"t-{i}" for i in range(40)}
-
-
-async def test_the_done_map_path_against_a_store_that_keeps_metadata(
-    kafka_broker: Broker, topic_prefix: str, monkeypatch: pytest.MonkeyPatch, make_simulator: MakeSimulator
-) -> None:
-    """The worker's side of the done map, on any broker: commits carry the map and a new owner skips.
-
-    The embedded broker drops commit metadata, so this test keeps what the worker commits and hands it back
-    on assignment, as Apache Kafka would; offsets still round-trip through the real broker.
-    """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import OffsetAndMetadata
-
-    import pipeline.worker.ports as worker_module
-
-    kept: dict[object, str] = {}
-    real_read = worker_module.committed_with_metadata
-    real_commit = AIOKafkaConsumer.commit
-
-    async def keeps(*_: object) -> bool:
-        return True
-
-    async def commit(self: object, offsets: dict[object, OffsetAndMetadata]) -> None:
-        await real_commit(self, offsets)
-        kept.update({tp: om.metadata for tp, om in offsets.items()})
-
-    async def read(admin: object, group: str, partitions: object) -> dict[object, OffsetAndMetadata]:
-        stored = await real_read(admin, group, partitions)
-        return {tp: OffsetAndMetadata(om.offset, kept.get(tp, "")) for tp, om in stored.items()}
-
-    monkeypatch.setattr(worker_module, "broker_keeps_commit_metadata", keeps)
-    monkeypatch.setattr(AIOKafkaConsumer, "commit", commit)
-    monkeypatch.setattr(worker_module, "committed_with_metadata", read)
-
-    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
-    topics = Topics.named(topic_prefix)
-    await create_topics(kafka, topics, partitions=1)
-    values = [job("slow", "Take your time [[sim: latency=30000]]")] + [job(f"fast-{i}") for i in range(20)]
-    sim = await make_simulator()
-    async with running_worker(kafka, worker_settings(topics, drain_timeout_s=0.5), client_config(sim.base_url)):
-        await publish(kafka, topics.input, values, partition=0)
-        await collect(kafka, topics, 20)
-        await wait_until(lambda: any(kept.values()))
-    assert (await committed(kafka, topics.group, topics.input, 1)) == {0: 0}
-    sim.reset_stats()
-    settings = worker_settings(topics, drain_timeout_s=0.5)
-    async with running_worker(kafka, settings, client_config(sim.base_url)) as again:
-        # The first worker left a group in its first generation, which aiokafka leaves without a LeaveGroup on
-        # the embedded broker (TANSU.md): the rejoin waits out its session.
-        await wait_until(lambda: sim.stats().requests >= 1, timeout=60)
-        await asyncio.sleep(1.0)
-        skipped = again.worker.metrics.jobs_skipped._value.get()
-    stats = sim.stats()
-    assert stats.requests == 1, "only the unfinished slow job is sent again"
-    assert skipped == 20

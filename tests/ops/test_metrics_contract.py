@@ -62,6 +62,9 @@ TARGET_LABELS = frozenset({"job", "instance"})
 NOT_CHARTED = {
     "pipeline_committed_offset": "the lag gauge is what matters; the offset itself is for debugging",
     "pipeline_commit_metadata_supported": "a property of the broker, logged at start",
+    "pipeline_committed_read_failures": "PipelinePartitionsNotStarted watches what they cause; the log names them",
+    "pipeline_worker_failures": "counted as the worker stops; its exit is what is seen (PipelineWorkerDown)",
+    "pipeline_job_failures": "each is a review record (api_error internal) and an error log line with its trace",
 }
 
 

@@ -105,3 +105,22 @@ def test_secrets_are_hidden_in_errors_and_have_no_flag() -> None:
     with pytest.raises(ConfigError) as caught:
         load_kafka_settings({"KAFKA_SECURITY_PROTOCOL": "carrier-pigeon", "KAFKA_SASL_PASSWORD": "hunter2-secret"})
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_revoke_timeout_at_or_above_the_rebalance_timeout_is_refused() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_worker_settings({"PIPELINE_REVOKE_TIMEOUT_S": "300", "PIPELINE_MAX_POLL_INTERVAL_MS": "300000"})
+    assert "PIPELINE_REVOKE_TIMEOUT_S=300" in str(raised.value)
+    assert load_worker_settings({"PIPELINE_REVOKE_TIMEOUT_S": "299"}).revoke_timeout_s == 299
+
+
+def test_the_kafka_hardening_settings_parse_and_refuse_unknown_values() -> None:
+    settings = load_worker_settings(
+        {"PIPELINE_GROUP_INSTANCE_ID": "worker-0", "PIPELINE_AUTO_OFFSET_RESET": "none", "PIPELINE_STUCK_JOB_S": "60"}
+    )
+    assert (settings.group_instance_id, settings.auto_offset_reset, settings.stuck_job_s) == ("worker-0", "none", 60)
+    assert load_kafka_settings({"KAFKA_IDEMPOTENCE": "off"}).idempotence == "off"
+    with pytest.raises(ConfigError, match="PIPELINE_AUTO_OFFSET_RESET"):
+        load_worker_settings({"PIPELINE_AUTO_OFFSET_RESET": "smallest"})
+    with pytest.raises(ConfigError, match="KAFKA_IDEMPOTENCE"):
+        load_kafka_settings({"KAFKA_IDEMPOTENCE": "maybe"})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from pipeline.config import WorkerSettings
@@ -58,6 +58,12 @@ class FakeConsumer:
         self.commit_gate = asyncio.Event()
         self.commit_gate.set()
         self.commit_waiting = asyncio.Event()
+        #: Raised by every commit while set.
+        self.commit_error: Exception | None = None
+        #: Apache Kafka keeps commit metadata; the embedded broker reads it back empty.
+        self.keeps_metadata = True
+        #: Raised by every fetch while set.
+        self.fetch_error: Exception | None = None
         self.stopped = False
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
@@ -85,6 +91,8 @@ class FakeConsumer:
     async def getmany(
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if self.fetch_error is not None:
+            raise self.fetch_error
         async with self._group:
             batches = self._take(max_records)
         if batches or timeout_ms == 0:
@@ -124,11 +132,18 @@ class FakeConsumer:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._position[partition] = offset
 
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp in partitions:
+            self._position[tp] = len(self.logs[tp])
+
     async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self.commit_waiting.set()
         await self.commit_gate.wait()
+        if self.commit_error is not None:
+            raise self.commit_error
         self.commits.append(dict(offsets))
-        self.committed.update(offsets)
+        kept = offsets if self.keeps_metadata else {tp: OffsetAndMetadata(om.offset, "") for tp, om in offsets.items()}
+        self.committed.update(kept)
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return len(self.logs[partition])
@@ -155,13 +170,16 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Acknowledges every record at once, or when ``ack_gate`` opens; can fail the next few sends."""
+    """Acknowledges every record at once, or when ``ack_gate`` opens; can fail the next sends with an error."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
         self.ack_gate = asyncio.Event()
         self.ack_gate.set()
         self.failures_to_come = 0
+        self.failure: Exception = KafkaConnectionError("broker away")
+        #: Records larger than this are refused as the broker refuses them (MESSAGE_TOO_LARGE).
+        self.max_value_bytes: int | None = None
         self.flushed = 0
 
     async def start(self) -> None:
@@ -175,11 +193,14 @@ class FakeProducer:
     ) -> asyncio.Future[Any]:
         if self.failures_to_come:
             self.failures_to_come -= 1
-            raise KafkaConnectionError("broker away")
+            raise self.failure
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         async def acknowledge() -> None:
             await self.ack_gate.wait()
+            if self.max_value_bytes is not None and len(value) > self.max_value_bytes:
+                ack.set_exception(MessageSizeTooLargeError())
+                return
             self.sent.append((topic, key, value, headers))
             ack.set_result(None)
 
@@ -197,7 +218,9 @@ class FakeAdmin:
     def __init__(self, consumer: FakeConsumer, topics: list[str]) -> None:
         self._consumer = consumer
         self.topics = topics
-        self.keeps_metadata = False
+        #: Raised by the next committed-offset reads (one each), then they answer.
+        self.committed_errors: list[Exception] = []
+        self.committed_reads = 0
 
     async def start(self) -> None:
         pass
@@ -209,10 +232,13 @@ class FakeAdmin:
         return list(self.topics)
 
     async def committed(self, group_id: str, partitions: Any) -> dict[TopicPartition, OffsetAndMetadata]:
+        self.committed_reads += 1
+        if self.committed_errors:
+            raise self.committed_errors.pop(0)
         return {tp: self._consumer.committed[tp] for tp in partitions if tp in self._consumer.committed}
 
-    async def keeps_commit_metadata(self, topic: str, group_id: str) -> bool:
-        return self.keeps_metadata
+    async def grants_producer_ids(self) -> bool:
+        return False
 
 
 def clean_completion() -> Completed:

@@ -58,12 +58,49 @@ def test_records_below_the_next_offset_are_seen_and_remembered_ones_are_done_bef
     assert admit(ledger, 11) is Admission.SEEN, "fetched twice"
 
 
-def test_without_kept_metadata_the_done_map_is_neither_read_nor_written() -> None:
-    offsets = Offsets(Metrics())
-    ledger = offsets.assign(TP, OffsetAndMetadata(10, encode_done_map(10, [(12, 14)])))
-    assert [admit(ledger, o) for o in (10, 11, 12)] == [Admission.TRACKED] * 3
-    offsets.complete(TP, ledger.epoch, 12)
-    assert offsets.due() == {TP: OffsetAndMetadata(10, "")}
+async def test_maps_are_written_until_a_read_back_shows_the_broker_drops_them() -> None:
+    metrics = Metrics()
+    stored: dict[TopicPartition, OffsetAndMetadata] = {}
+
+    async def read_back(partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {tp: OffsetAndMetadata(stored[tp].offset, "") for tp in partitions}  # like the embedded broker
+
+    async def commit(offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        stored.update(offsets)
+
+    offsets = Offsets(metrics, read_back=read_back)
+    ledger = offsets.assign(TP, None)
+    for offset in range(3):
+        admit(ledger, offset)
+    offsets.complete(TP, ledger.epoch, 1)
+    await offsets.commit(commit)
+    assert stored[TP].metadata.startswith("pc1:"), "written while it is not known whether the broker keeps it"
+    assert offsets.keeps_metadata is False and value(metrics.commit_metadata_supported) == 0
+    offsets.complete(TP, ledger.epoch, 2)
+    assert offsets.due() == {TP: OffsetAndMetadata(0, "")}, "no more maps for a broker that drops them"
+
+
+async def test_a_broker_that_keeps_maps_is_recognised_and_maps_are_read_whatever_was_learnt() -> None:
+    metrics = Metrics()
+    stored: dict[TopicPartition, OffsetAndMetadata] = {}
+
+    async def read_back(partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        return {tp: stored[tp] for tp in partitions}
+
+    async def commit(offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        stored.update(offsets)
+
+    offsets = Offsets(metrics, read_back=read_back)
+    ledger = offsets.assign(TP, None)
+    admit(ledger, 0)
+    admit(ledger, 1)
+    offsets.complete(TP, ledger.epoch, 1)
+    await offsets.commit(commit)
+    assert offsets.keeps_metadata is True and value(metrics.commit_metadata_supported) == 1
+    offsets.release([TP])
+    fresh = Offsets(Metrics())
+    again = fresh.assign(TP, stored[TP])
+    assert [admit(again, o) for o in (0, 1)] == [Admission.TRACKED, Admission.DONE_BEFORE]
 
 
 async def test_a_commit_goes_out_only_when_the_point_moved_and_a_failed_one_is_tried_again() -> None:

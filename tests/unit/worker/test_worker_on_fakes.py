@@ -202,27 +202,6 @@ async def test_a_failed_produce_is_retried_with_the_delivery_backoff(monkeypatch
         assert value(r.worker.metrics.produce_retries) == 3 and r.producer.job_ids("completions") == ["j"]
 
 
-async def test_a_job_that_breaks_unexpectedly_is_left_uncommitted_and_the_worker_goes_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with rig(concurrency=2) as r:
-        real_deliver = r.worker._sink.deliver
-
-        async def deliver(routed: object, record: object) -> object:
-            if getattr(record, "offset", None) == 0:
-                raise RuntimeError("a bug")
-            return await real_deliver(routed, record)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(r.worker._sink, "deliver", deliver)
-        r.client.open()
-        publish(r, TP0, ["broken", "fine-1", "fine-2"])
-        await start(r)
-        await until(lambda: len(r.producer.sent) == 2, "the other jobs delivered")
-        await until(lambda: r.consumer.commits != [], "a commit")
-        assert r.consumer.committed_offset(TP0) == 0, "the broken job holds the commit: its next owner redoes it"
-        assert r.worker.alive and r.worker.scheduler.held == 0
-
-
 async def test_readyz_answers_503_until_partitions_are_owned_and_again_once_draining() -> None:
     async with rig(concurrency=1) as r:
         health = HealthServer(r.worker.metrics, alive=lambda: r.worker.alive, ready=lambda: r.worker.ready)
