@@ -10,9 +10,10 @@ them. While paused it waits for room (:meth:`Intake.wake`) rather than in ``getm
 and then so the consumer keeps its place in the group. A partition can also be held on its own
 (:meth:`Intake.hold`): not fetched whatever the pressure, until :meth:`Intake.release`.
 
-A Kafka error that passes by itself is retried with :data:`FETCH_BACKOFF`; any other ends the loop with
+A Kafka error that passes by itself is retried with :data:`FETCH_BACKOFF`, for up to
+:data:`FETCH_FAILING_FOR_S` in a row; any other, or one that has not passed by then, ends the loop with
 :class:`~pipeline.kafka_errors.FatalKafkaError` (aiokafka re-raises a dead coordinator's error on every
-fetch: retrying it would only hide it).
+fetch: retrying it for ever would only hide it).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ PAUSED_POLL_S: Final = 5.0
 #: How long a fetch waits for records when there are none.
 FETCH_WAIT_MS: Final = 100
 FETCH_BACKOFF: Final = Backoff(base_s=0.5, cap_s=5.0)
+#: Fetches failing without a break for this long stop the worker (a broker stall of minutes passes well within).
+FETCH_FAILING_FOR_S: Final = 300.0
 #: How often the log ends are asked for while partitions are paused (their fetches, which bring the high
 #: watermark, stop).
 END_OFFSETS_EVERY_S: Final = 10.0
@@ -107,7 +110,7 @@ class Intake:
         return set(self._held)
 
     async def run(self, stop: asyncio.Event, submit: Submit) -> None:
-        polled = time.monotonic()
+        polled = failing_since = time.monotonic()
         failures = 0
         while not stop.is_set():
             self.last_turn = time.monotonic()
@@ -124,7 +127,9 @@ class Intake:
                     timeout_ms=timeout_ms, max_records=max(self._scheduler.room(), 1)
                 )
             except KafkaError as exc:
-                if verdict(exc) is not Verdict.RETRY:
+                if not failures:
+                    failing_since = time.monotonic()
+                if verdict(exc) is not Verdict.RETRY or time.monotonic() - failing_since > FETCH_FAILING_FOR_S:
                     raise FatalKafkaError("fetching", exc) from exc
                 log.warning("fetch failed; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(FETCH_BACKOFF.delay_s(failures))

@@ -64,6 +64,7 @@ class FakeConsumer:
         self.keeps_metadata = True
         #: Raised by every fetch while set.
         self.fetch_error: Exception | None = None
+        self.fetch_failures = 0
         self.stopped = False
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
@@ -92,6 +93,7 @@ class FakeConsumer:
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         if self.fetch_error is not None:
+            self.fetch_failures += 1
             raise self.fetch_error
         async with self._group:
             batches = self._take(max_records)

@@ -16,11 +16,13 @@ import pytest
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     GroupAuthorizationFailedError,
+    KafkaConnectionError,
     NotCoordinatorError,
     TopicAuthorizationFailedError,
 )
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+import pipeline.worker.intake as intake_module
 import pipeline.worker.starts as starts_module
 from pipeline.backoff import Backoff
 from pipeline.worker import WorkerFailed
@@ -266,3 +268,20 @@ async def test_a_partition_far_behind_a_stuck_head_stops_fetching_until_the_head
         assert 6 < fetched < 31, "fetching stopped a little past the limit, not at the end of the log"
         r.client.release("stuck")
         await until(lambda: r.consumer.committed_offset(TP0) == 31, "fetching resumed once the head moved")
+
+
+async def test_fetches_that_keep_failing_with_a_passing_error_stop_the_worker_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(intake_module, "FETCH_BACKOFF", Backoff(0.01, 0.01))
+    monkeypatch.setattr(intake_module, "FETCH_FAILING_FOR_S", 2.0)
+    async with rig() as r:
+        r.client.open()
+        await start(r)
+        r.consumer.fetch_error = KafkaConnectionError("broker away")
+        await until(lambda: r.consumer.fetch_failures >= 3, "a few failed fetches")
+        r.consumer.fetch_error = None  # a short outage passes
+        publish(r, ["after-the-outage"])
+        await until(lambda: r.consumer.committed_offset(TP0) == 1, "fetching again")
+        r.consumer.fetch_error = KafkaConnectionError("broker away for good")
+        assert "fetching" in await failed_with(r)
