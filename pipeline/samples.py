@@ -22,11 +22,12 @@ ROUTES: Final[tuple[tuple[str, str, str | None, bool], ...]] = (
     ("flagged output", "review", "flagged", True),
     ("moderation error", "review", "moderation_error", True),
     ("missing moderation", "review", "moderation_missing", True),
+    ("content filter", "review", "content_filter", True),
     ("api error after retries", "review", "api_error", True),
     ("invalid job", "review", "invalid_job", False),
 )
 #: Out of 100 generated jobs, how many take each route (same order as ROUTES).
-SHARES: Final = (78, 5, 5, 3, 3, 2, 4)
+SHARES: Final = (76, 5, 5, 3, 3, 2, 2, 4)
 
 FORMS: Final = ("a haiku", "a limerick", "two sentences", "a product blurb", "a short toast", "a riddle", "a tweet")
 TOPICS: Final = (
@@ -50,6 +51,7 @@ DIRECTIVES: Final = {
     "flagged output": "[[sim: flag_output=violence]]",
     "moderation error": "[[sim: moderation_error_output]]",
     "missing moderation": "[[sim: moderation_missing]]",
+    "content filter": "[[sim: finish_reason=content_filter]]",
     "api error after retries": "[[sim: 503]]",
 }
 INVALID: Final = (

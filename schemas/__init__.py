@@ -1,7 +1,8 @@
 """Wire contracts of the moderated LLM pipeline, as msgspec Structs (this package depends on msgspec only).
 
 - :mod:`schemas.chat` — Chat Completions request, response, streaming chunk and error body, with the
-  ``moderation`` tagged unions (``ModerationResults`` | ``ModerationError`` on each side).
+  ``moderation`` tagged unions (``ModerationResults`` | ``ModerationError`` on each side); one import for
+  :mod:`schemas.messages`, :mod:`schemas.request`, :mod:`schemas.response` and :mod:`schemas.chunk`.
 - :mod:`schemas.moderations` — the standalone ``/v1/moderations`` endpoint and the omni categories.
 - :mod:`schemas.models` — ``/v1/models``.
 - :mod:`schemas.topics` — the Kafka topic contracts: ``Job``, ``Result``, ``Review`` and its ``Reason`` union.
@@ -24,6 +25,7 @@ from schemas.chat import (
     FinishReason,
     ImageUrl,
     ImageUrlPart,
+    KnownFinishReason,
     Message,
     Moderation,
     ModerationError,
@@ -51,6 +53,7 @@ from schemas.moderations import (
 from schemas.topics import (
     REASON_KINDS,
     ApiFailure,
+    ChoiceFinish,
     ContentFiltered,
     Flagged,
     FlaggedCategory,
@@ -65,6 +68,7 @@ from schemas.topics import (
     Result,
     Review,
     Source,
+    UnknownFinishReason,
     decode_job,
     invalid_job,
 )
@@ -81,6 +85,7 @@ __all__ = [
     "ChatCompletionRequest",
     "Choice",
     "ChoiceDelta",
+    "ChoiceFinish",
     "ChunkChoice",
     "ContentFiltered",
     "DeveloperMessage",
@@ -94,6 +99,7 @@ __all__ = [
     "Job",
     "JobDecodeError",
     "JobParams",
+    "KnownFinishReason",
     "Message",
     "Model",
     "ModelList",
@@ -120,6 +126,7 @@ __all__ = [
     "SystemMessage",
     "TextPart",
     "ToolMessage",
+    "UnknownFinishReason",
     "Usage",
     "UserMessage",
     "decode_job",

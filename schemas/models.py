@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from schemas.chat import Wire
+from schemas.wire import Wire
 
 
 class Model(Wire, frozen=True):

@@ -9,7 +9,8 @@ from __future__ import annotations
 # typing.Sequence rather than collections.abc's: schemas/ imports only msgspec and typing (see the tests).
 from typing import Final, Sequence  # noqa: UP035
 
-from schemas.chat import InputType, Wire
+from schemas.response import InputType
+from schemas.wire import Wire
 
 #: The 13 categories ``omni-moderation-latest`` scores, in the API's order.
 OMNI_CATEGORIES: Final[tuple[str, ...]] = (

@@ -19,7 +19,7 @@ import msgspec
 
 from schemas.chat import (
     ChatCompletion,
-    FinishReason,
+    KnownFinishReason,
     Message,
     Metadata,
     Moderation,
@@ -69,12 +69,12 @@ class Source(Wire, frozen=True):
 
 
 class Result(Wire, frozen=True):
-    """A completion that passed moderation on both sides."""
+    """A completion that passed moderation on both sides (and whose every choice ended for a known reason)."""
 
     id: str
     model: str
     content: str | None
-    finish_reason: FinishReason
+    finish_reason: KnownFinishReason
     usage: Usage | None
     moderation: Moderation | None
     metadata: Metadata | None
@@ -121,6 +121,18 @@ class ContentFiltered(Wire, frozen=True, tag_field="kind", tag="content_filter")
     choices: list[int]
 
 
+class ChoiceFinish(Wire, frozen=True):
+    index: int
+    finish_reason: str
+
+
+class UnknownFinishReason(Wire, frozen=True, tag_field="kind", tag="unknown_finish_reason"):
+    """A choice ended for a reason this version does not know (the API added one): whether the answer is
+    complete, cut or filtered cannot be told, so a person looks. The completion is in the review record."""
+
+    choices: list[ChoiceFinish]
+
+
 ApiFailureKind = Literal["http_status", "transport", "timeout", "decode", "stream", "deadline", "oversize", "internal"]
 
 
@@ -147,8 +159,18 @@ class InvalidJob(Wire, frozen=True, tag_field="kind", tag="invalid_job"):
     path: str | None = None
 
 
-Reason = Flagged | ModerationFailed | ModerationMissing | ContentFiltered | ApiFailure | InvalidJob
-ReasonKind = Literal["flagged", "moderation_error", "moderation_missing", "content_filter", "api_error", "invalid_job"]
+Reason = (
+    Flagged | ModerationFailed | ModerationMissing | ContentFiltered | UnknownFinishReason | ApiFailure | InvalidJob
+)
+ReasonKind = Literal[
+    "flagged",
+    "moderation_error",
+    "moderation_missing",
+    "content_filter",
+    "unknown_finish_reason",
+    "api_error",
+    "invalid_job",
+]
 
 
 def reason_kind(reason: Reason) -> ReasonKind:
@@ -162,6 +184,7 @@ REASON_KINDS: Final[tuple[ReasonKind, ...]] = (
     "moderation_error",
     "moderation_missing",
     "content_filter",
+    "unknown_finish_reason",
     "api_error",
     "invalid_job",
 )

@@ -6,7 +6,7 @@ Module map: each module imports only from rows below its own (arrows point down,
     chat.py              ChatClient: builds each job's call and passes values between the parts below;
        │                 the observer protocol (ClientObserver, NullObserver), default_transport
        ▼
-    request.py           build_request, client_request_id, RequestHeaders (the key → Authorization only)
+    request.py           build_request, client_request_id, RequestHeaders (all but Authorization)
     moderation_modes.py  separate/auto: a job's input and output through /moderations, deadline-bound
        │
        ▼
@@ -16,21 +16,26 @@ Module map: each module imports only from rows below its own (arrows point down,
        │
        ▼
     retries.py           RetryPolicy (one pipeline.backoff.Backoff), next_delay, the one RetryRunner
+    breaker.py           ProviderBreaker: provider-wide failures (401, 403, quota, default model) hold every call
     streaming.py         server-sent events → one ChatCompletion
     moderation.py        /moderations requests from a job, answers → the inline moderation shape
-    concurrency.py       AdaptiveConcurrency: AIMD on calls in flight
-    ratelimit.py         TokenBucket, RateLimiter: requests/min and tokens/min, synced from x-ratelimit-*
+    concurrency.py       AdaptiveConcurrency: slow start, then AIMD on calls in flight
+    ratelimit.py         RateLimiter: a requests lane and a tokens lane per model, fed x-ratelimit-*
     tokens.py            estimate_tokens, TokenEstimate, CompletionLengths
        │
        ▼
     failures.py          AttemptFailure, failure_from_status, retry-after / x-ratelimit-reset parsing, scrub
-    transport.py         the HTTP seam (aiohttp, httpx) and its TransportError hierarchy
+    transport.py         the HTTP seam (aiohttp, httpx), Timeouts; AuthorizedTransport: the key, added at send
     timing.py            Clock, Sleep (injected time)
+    lanes.py             Lane: one limit of one model, its window learnt, paced smoothly under it (TokenBucket)
+       │
+       ▼
+    responses.py         RawResponse, the TransportError hierarchy, bodies capped and decoded (gzip, deflate)
 
 Where a 429 is handled: :mod:`~pipeline.client.failures` reads it (retriable unless ``insufficient_quota``;
-``retry-after``, ``x-ratelimit-reset-*``), :mod:`~pipeline.client.pacing` pauses every caller and syncs the
-buckets (:mod:`~pipeline.client.ratelimit`) and cuts the concurrency limit, and
-:mod:`~pipeline.client.retries` decides when the call is tried again.
+``retry-after``, ``x-ratelimit-reset-*``), :mod:`~pipeline.client.pacing` pauses every call to that model,
+syncs its lanes and halves the refused one's pace (:mod:`~pipeline.client.ratelimit`, :mod:`~pipeline.client.lanes`) and
+cuts the concurrency limit, and :mod:`~pipeline.client.retries` decides when the call is tried again.
 """
 
 from __future__ import annotations

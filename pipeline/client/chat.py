@@ -19,9 +19,9 @@ Whatever happens ends in a value: ``Completed`` or ``Failed`` (:mod:`pipeline.ou
 deadline is failure ``deadline``. Moderation modes ``separate`` and ``auto`` are in
 :mod:`pipeline.client.moderation_modes`, their ``/moderations`` calls go through the same exchange and runner.
 
-The API key is a :class:`~pipeline.secret.Secret`: it is revealed only into the ``Authorization`` header
-and cut out of every message the client produces. Logs carry the job id, status, attempts and latency,
-never a prompt, a header or a body.
+The API key is a :class:`~pipeline.secret.Secret`: it is revealed only by the transport, into the
+``Authorization`` header as each request is sent, and cut out of every message the client produces. Logs
+carry the job id, status, attempts and latency, never a prompt, a header or a body.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol, TypeVar
 
+from pipeline.backoff import Backoff
+from pipeline.client.breaker import PROBE_BACKOFF, Pass, ProviderBreaker, provider_wide_cause
 from pipeline.client.concurrency import AdaptiveConcurrency
 from pipeline.client.config import ClientConfig
 from pipeline.client.exchange import Exchange
@@ -66,6 +68,9 @@ class ClientObserver(RetryObserver, PacingObserver, Protocol):
     def on_attempt(self, status: int | None, latency_s: float) -> None:
         """One chat attempt ended: its HTTP status (``None`` when no response came) and duration."""
 
+    def on_provider_blocked(self, cause: str | None) -> None:
+        """The provider breaker opened for ``cause`` (every call held), or closed (``None``)."""
+
 
 class NullObserver:
     def on_attempt(self, status: int | None, latency_s: float) -> None:
@@ -83,6 +88,18 @@ class NullObserver:
     def on_concurrency_limit(self, limit: int) -> None:
         pass
 
+    def on_provider_blocked(self, cause: str | None) -> None:
+        pass
+
+
+T = TypeVar("T")
+
+
+class Held:
+    """An attempt the provider breaker held back before it was sent (it goes again once admitted)."""
+
+
+HELD: Final = Held()
 
 # --------------------------------------------------------------------------------------------------
 # The client
@@ -114,6 +131,17 @@ class _JobCall:
     deadline: float
     #: The job's chat attempts (``/moderations`` calls are not counted), kept current as they go.
     tally: Tally = field(default_factory=Tally)
+    #: The job's deadline as a running timeout, pushed back by the time the provider breaker held the job.
+    timeout: asyncio.Timeout | None = None
+
+    def held(self, seconds: float) -> None:
+        """The provider breaker held this job's call for ``seconds``: they do not count against its deadline."""
+        if seconds <= 0:
+            return
+        self.tally.held_s += seconds
+        self.deadline += seconds
+        if self.timeout is not None and (when := self.timeout.when()) is not None:
+            self.timeout.reschedule(when + seconds)
 
 
 class ChatClient:
@@ -129,6 +157,7 @@ class ChatClient:
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        probe_backoff: Backoff = PROBE_BACKOFF,
     ) -> None:
         self.config = config
         self._transport = transport or default_transport(config)
@@ -145,6 +174,7 @@ class ChatClient:
         self._retries = RetryRunner(
             config.retry_policy, observer=self._observer, clock=clock, sleep=sleep, rng=rng or random.Random()
         )
+        self.breaker = ProviderBreaker(clock=clock, backoff=probe_backoff, on_change=self._observer.on_provider_blocked)
         self.pacer = Pacer(
             max_concurrency=config.concurrency,
             requests_per_minute=config.requests_per_minute,
@@ -153,6 +183,17 @@ class ChatClient:
             clock=clock,
             sleep=sleep,
         )
+
+    @property
+    def provider_available(self) -> bool:
+        """False while a provider-wide failure (a bad key, no quota…) holds every call: see ``breaker``."""
+        return self.breaker.available
+
+    @property
+    def takes_new_jobs(self) -> bool:
+        """Whether the worker should fetch jobs: while the breaker is open only when it wants a fresh call
+        to probe with (see :attr:`ProviderBreaker.wants_fresh_call`)."""
+        return self.breaker.available or self.breaker.wants_fresh_call
 
     @property
     def rate_limiter(self) -> RateLimiter:
@@ -189,17 +230,19 @@ class ChatClient:
         moderation = self._separate_moderation(call, job)
         try:
             try:
-                async with asyncio.timeout(self.config.job_deadline_s):
+                async with asyncio.timeout(self.config.job_deadline_s) as call.timeout:
                     result = await self._chat(call, request)
             except TimeoutError:
                 return self._deadline_failed(call)
+            finally:
+                call.timeout = None  # its block has ended: moderation after it keeps to call.deadline
             if isinstance(result, AttemptFailure):
                 return self._failed(call, result)
             completion = result if moderation is None else await moderation.apply(result)
             return Completed(completion=completion, attempts=call.tally.attempts, latency_ms=self._elapsed_ms(call))
         finally:
             if moderation is not None:
-                moderation.cancel()
+                await moderation.aclose()
 
     # -- chat attempts --------------------------------------------------------------------------------
 
@@ -207,16 +250,59 @@ class ChatClient:
         body = request_body(request)
         headers = self._headers.for_call(call.request_id, stream=bool(request.stream))
         return await self._retries.run(
-            lambda: self._chat_attempt(request, body, headers),
+            lambda: self._through_breaker(
+                call,
+                lambda admitted: self._chat_attempt(request, body, headers, admitted),
+                request.model,
+                self.config.model,
+            ),
             job_id=call.job_id,
             deadline=call.deadline,
             tally=call.tally,
         )
 
+    async def _through_breaker(
+        self,
+        call: _JobCall,
+        attempt: Callable[[Pass], Awaitable[T | AttemptFailure | Held]],
+        model: str,
+        default_model: str,
+    ) -> T | AttemptFailure:
+        """``attempt``, sent only while the provider breaker lets calls through; a provider-wide failure opens
+        it and the attempt waits to go again (held time is not the job's: its deadline moves with it)."""
+        breaker = self.breaker
+        closures_when_failed: int | None = None
+        while True:
+            admitted = await breaker.admit(failed_before=closures_when_failed is not None)
+            call.held(admitted.waited_s)
+            try:
+                result = await attempt(admitted)
+            except BaseException:
+                breaker.abandon(admitted)
+                raise
+            if isinstance(result, Held):
+                continue
+            if isinstance(result, AttemptFailure):
+                cause = provider_wide_cause(result, model=model, default_model=default_model)
+                if cause is not None:
+                    if closures_when_failed is not None and breaker.closures > closures_when_failed:
+                        breaker.abandon(admitted)
+                        return result  # others got through since this call last failed: it is the job's own
+                    closures_when_failed = breaker.closures
+                    breaker.failed(cause)
+                    continue
+                if result.status is None:  # no answer at all: the provider has not spoken
+                    breaker.abandon(admitted)
+                    return result
+            breaker.answered(admitted)
+            return result
+
     async def _chat_attempt(
-        self, request: ChatCompletionRequest, body: bytes, headers: Mapping[str, str]
-    ) -> ChatCompletion | AttemptFailure:
+        self, request: ChatCompletionRequest, body: bytes, headers: Mapping[str, str], admitted: Pass
+    ) -> ChatCompletion | AttemptFailure | Held:
         async with self.pacer.turn(request) as turn:
+            if not self.breaker.still_admits(admitted):
+                return HELD  # the breaker opened while this call waited for its turn: not sent
             sent = self._clock()
             answer = await self._exchange.chat(body, headers, stream=self.config.stream)
             latency = self._clock() - sent
@@ -247,7 +333,14 @@ class ChatClient:
             body = request_body(request)
             headers = self._headers.for_call(client_request_id(f"{call.job_id}/moderation-{which}"))
             return await self._retries.run(
-                lambda: self._exchange.moderations(body, headers), job_id=call.job_id, deadline=call.deadline
+                lambda: self._through_breaker(
+                    call,
+                    lambda _: self._exchange.moderations(body, headers),
+                    request.model or self.config.moderation_model,
+                    self.config.moderation_model,
+                ),
+                job_id=call.job_id,
+                deadline=call.deadline,
             )
 
         return moderations

@@ -49,6 +49,9 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     connect_timeout_s: Seconds = 5.0
     read_timeout_s: Seconds = 120.0
+    #: A non-streamed chat call as a whole (see :class:`~pipeline.client.transport.Timeouts`): as the
+    #: OpenAI SDK's default, room for a reasoning model at high effort.
+    call_timeout_s: Seconds = 600.0
     write_timeout_s: Seconds = 30.0
     pool_timeout_s: Seconds = 30.0
     job_deadline_s: Seconds = 600.0
@@ -68,6 +71,7 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
             read=self.read_timeout_s,
             write=self.write_timeout_s,
             pool=self.pool_timeout_s,
+            call=self.call_timeout_s,
         )
 
     @property
@@ -117,7 +121,8 @@ CLIENT_OPTIONS: Final[tuple[Option, ...]] = (
     Option("PIPELINE_MODERATION_POLICY", "moderation_policy", "e.g. input=block,output=score (default: none)"),
     Option("PIPELINE_STREAM", "stream", "stream completions (true/false, default false)"),
     Option("PIPELINE_CONNECT_TIMEOUT_S", "connect_timeout_s", "TCP+TLS connect timeout (default 5)"),
-    Option("PIPELINE_READ_TIMEOUT_S", "read_timeout_s", "longest silence while reading (default 120)"),
+    Option("PIPELINE_READ_TIMEOUT_S", "read_timeout_s", "longest stream silence; a /moderations call (default 120)"),
+    Option("PIPELINE_CALL_TIMEOUT_S", "call_timeout_s", "a non-streamed chat call, whole answer (default 600)"),
     Option("PIPELINE_WRITE_TIMEOUT_S", "write_timeout_s", "longest stall while sending (default 30)"),
     Option("PIPELINE_POOL_TIMEOUT_S", "pool_timeout_s", "longest wait for a pooled connection (default 30)"),
     Option("PIPELINE_JOB_DEADLINE_S", "job_deadline_s", "overall time per job, retries included (default 600)"),
@@ -125,7 +130,7 @@ CLIENT_OPTIONS: Final[tuple[Option, ...]] = (
     Option("PIPELINE_RETRY_AFTER_CAP_S", "retry_after_cap_s", "give up when retry-after exceeds it (default 60)"),
     Option("PIPELINE_RPM", "requests_per_minute", "requests/min budget (default: learnt from the provider)"),
     Option("PIPELINE_TPM", "tokens_per_minute", "tokens/min budget (default: learnt from the provider)"),
-    Option("PIPELINE_MAX_RESPONSE_BYTES", "max_response_bytes", "response size cap (default 10485760)"),
+    Option("PIPELINE_MAX_RESPONSE_BYTES", "max_response_bytes", "response size cap, decompressed (default 10485760)"),
     Option("PIPELINE_HTTP_CLIENT", "http_client", "aiohttp (default) or httpx"),
 )
 #: Shared with the worker's settings (jobs in flight), hence not in :data:`CLIENT_OPTIONS`.

@@ -10,13 +10,18 @@
   by :func:`~pipeline.client.failures.failure_from_status`, an undecodable body as ``decode`` (not
   retriable), a stream cut off after its headers as ``stream``.
 
-Every message a failure carries is scrubbed of the API key here, whichever way it was made.
+The exchange sends through an :class:`~pipeline.client.transport.AuthorizedTransport`: the key is added to
+each request as it is sent, and the exchange holds it only as a :class:`~pipeline.secret.Secret`. Every
+message a failure carries is scrubbed of the key here, whichever way it was made.
+
+A chat call without ``stream`` is bounded as a whole by ``Timeouts.call`` (a long answer sends nothing until
+it is done); a ``/moderations`` call answers in well under a second, so the read timeout bounds it whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import msgspec
@@ -24,7 +29,7 @@ import msgspec
 from pipeline.client.failures import AttemptFailure, failure_from_status, scrub
 from pipeline.client.streaming import read_stream
 from pipeline.client.timing import Clock
-from pipeline.client.transport import HttpTransport, Timeouts, TransportError
+from pipeline.client.transport import AuthorizedTransport, HttpTransport, Timeouts, TransportError
 from pipeline.secret import Secret
 from schemas.chat import ChatCompletion
 from schemas.moderations import ModerationCreateResponse
@@ -48,12 +53,13 @@ class Exchange:
     def __init__(
         self, transport: HttpTransport, *, base_url: str, timeouts: Timeouts, secret: Secret, wall_clock: Clock
     ) -> None:
-        self._transport = transport
+        self._transport = AuthorizedTransport(transport, secret)
         base = base_url.rstrip("/")
         self._chat_url = base + "/chat/completions"
         self._moderations_url = base + "/moderations"
         self._timeouts = timeouts
-        self._secret = secret.reveal()  # only to cut it out of messages
+        self._moderation_timeouts = replace(timeouts, call=min(timeouts.call, timeouts.read))
+        self._secret = secret  # only to cut it out of messages
         self._wall_clock = wall_clock
 
     def __repr__(self) -> str:
@@ -89,22 +95,22 @@ class Exchange:
                 if isinstance(result, AttemptFailure):
                     result = AttemptFailure(
                         failure=result.failure,
-                        message=scrub(result.message, self._secret),
+                        message=self._scrub(result.message),
                         retriable=result.retriable,
-                        error_type=None if result.error_type is None else scrub(result.error_type, self._secret),
-                        code=None if result.code is None else scrub(result.code, self._secret),
+                        error_type=None if result.error_type is None else self._scrub(result.error_type),
+                        code=None if result.code is None else self._scrub(result.code),
                     )
                 return ChatAnswer(status, response_headers, result)
         except TransportError as exc:
             if status is None:
                 return ChatAnswer(None, {}, self._transport_failure(exc))
-            message = scrub(f"stream cut off: {exc}", self._secret)
+            message = self._scrub(f"stream cut off: {exc}")
             cut = AttemptFailure(failure="stream", message=message, retriable=exc.retriable)
             return ChatAnswer(status, response_headers, cut)
 
     async def moderations(self, body: bytes, headers: Mapping[str, str]) -> ModerationCreateResponse | AttemptFailure:
         try:
-            response = await self._transport.post(self._moderations_url, headers, body, self._timeouts)
+            response = await self._transport.post(self._moderations_url, headers, body, self._moderation_timeouts)
         except TransportError as exc:
             return self._transport_failure(exc)
         if not 200 <= response.status < 300:
@@ -112,18 +118,21 @@ class Exchange:
         try:
             return _moderations_decoder.decode(response.body)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-            message = scrub(f"not a moderation response: {exc}", self._secret)
+            message = self._scrub(f"not a moderation response: {exc}")
             return AttemptFailure(failure="decode", message=message, retriable=False)
 
     def _decode_completion(self, body: bytes) -> ChatCompletion | AttemptFailure:
         try:
             return _completion_decoder.decode(body)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-            message = scrub(f"response is not a chat completion: {exc}", self._secret)
+            message = self._scrub(f"response is not a chat completion: {exc}")
             return AttemptFailure(failure="decode", message=message, retriable=False)
 
     def _status_failure(self, status: int, headers: Mapping[str, str], body: bytes) -> AttemptFailure:
-        return failure_from_status(status, headers, body, now_epoch_s=self._wall_clock(), secret=self._secret)
+        return failure_from_status(status, headers, body, now_epoch_s=self._wall_clock(), secret=self._secret.reveal())
 
     def _transport_failure(self, exc: TransportError) -> AttemptFailure:
-        return AttemptFailure(failure=exc.failure, message=scrub(str(exc), self._secret), retriable=exc.retriable)
+        return AttemptFailure(failure=exc.failure, message=self._scrub(str(exc)), retriable=exc.retriable)
+
+    def _scrub(self, message: str) -> str:
+        return scrub(message, self._secret.reveal())

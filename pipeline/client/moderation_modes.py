@@ -10,11 +10,15 @@
 Both sides are bounded by the job's deadline; a side it cuts short becomes a ``ModerationError``
 (``moderation_deadline``): the completion is kept, and it goes to review. What a side's call answers is
 mapped by :mod:`pipeline.client.moderation`; the call itself (with its retries) is the client's to supply.
+
+Each side runs as a task of its own; :meth:`SeparateModeration.aclose` cancels and awaits every one still
+running, so a job that ends any way (a failure, its deadline, its own cancellation) leaves none behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 
 import msgspec
 
@@ -26,7 +30,7 @@ from schemas.chat import ChatCompletion, Message, Moderation, ModerationError, M
 
 class SeparateModeration:
     """One job's moderation in ``separate`` or ``auto`` mode; :meth:`start` it before the completion is asked
-    for, :meth:`apply` it to the completion, and :meth:`cancel` it when the job ends, whichever way."""
+    for, :meth:`apply` it to the completion, and :meth:`aclose` it when the job ends, whichever way."""
 
     def __init__(
         self,
@@ -45,6 +49,7 @@ class SeparateModeration:
         self._deadline = deadline
         self._clock = clock
         self._input_side: asyncio.Task[ModerationOutcome] | None = None
+        self._tasks: set[asyncio.Task[ModerationOutcome]] = set()
 
     @classmethod
     def start(
@@ -60,7 +65,7 @@ class SeparateModeration:
         """In ``separate`` mode the input side is moderated from now on, while the completion is generated."""
         moderation = cls(mode, call, messages, model, deadline=deadline, clock=clock)
         if mode == "separate":
-            moderation._input_side = asyncio.create_task(moderate_input(call, messages, model))
+            moderation._input_side = moderation._side(moderate_input(call, messages, model))
         return moderation
 
     async def apply(self, completion: ChatCompletion) -> ChatCompletion:
@@ -69,18 +74,26 @@ class SeparateModeration:
             return await self._moderated(completion)
         return completion
 
-    def cancel(self) -> None:
-        """Stop an input side still running (the job failed, or ended some other way)."""
-        if self._input_side is not None and not self._input_side.done():
-            self._input_side.cancel()
+    async def aclose(self) -> None:
+        """Cancel every side still running and wait until each has ended."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    def _side(self, moderation: Coroutine[None, None, ModerationOutcome]) -> asyncio.Task[ModerationOutcome]:
+        task = asyncio.create_task(moderation)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _moderated(self, completion: ChatCompletion) -> ChatCompletion:
         """``completion`` with both sides moderated through ``/moderations``. What the job's deadline
         cuts short becomes a ``ModerationError``: the completion is kept, and it goes to review."""
-        output_side = asyncio.create_task(moderate_output(self._call, completion, self._model))
+        output_side = self._side(moderate_output(self._call, completion, self._model))
         input_side = self._input_side
         if input_side is None:
-            input_side = asyncio.create_task(moderate_input(self._call, self._messages, self._model))
+            input_side = self._side(moderate_input(self._call, self._messages, self._model))
         done, pending = await asyncio.wait({input_side, output_side}, timeout=max(0.0, self._deadline - self._clock()))
         for task in pending:
             task.cancel()

@@ -3,13 +3,16 @@ kept after its answer.
 
 A :class:`Pacer` owns the two worker-wide mechanisms and the token estimates:
 
-- :class:`~pipeline.client.concurrency.AdaptiveConcurrency` (AIMD on the calls in flight): an attempt holds
-  a slot from before its permit until its answer is in, and gives it back with a signal (success,
-  overload, neutral) and its latency;
-- :class:`~pipeline.client.ratelimit.RateLimiter` (requests/min and tokens/min buckets): an attempt takes a
-  permit for one request and its estimated tokens (:func:`~pipeline.client.tokens.estimate_tokens`);
-  after the answer the buckets follow what the provider said (``x-ratelimit-*``, a 429's ``retry-after``)
-  and charged (``usage``), and :class:`~pipeline.client.tokens.CompletionLengths` learns from ``usage``.
+- :class:`~pipeline.client.concurrency.AdaptiveConcurrency` (a gentle start, then AIMD on the calls in flight):
+  an attempt holds a slot from before its permit until its answer is in, and gives it back with a signal
+  (success, overload, timeout, neutral) and its latency. With no rate limit configured the limit starts
+  small until the first answer: then the provider has stated its limits (and the lanes pace the calls), or
+  it states none and there is nothing more to learn by going slowly;
+- :class:`~pipeline.client.ratelimit.RateLimiter` (a requests lane and a tokens lane per model): an attempt
+  takes a permit for one request and its estimated tokens (:func:`~pipeline.client.tokens.estimate_tokens`)
+  from its model's lanes; after the answer the lanes follow what the provider said (``x-ratelimit-*``, a
+  429's ``retry-after``) and charged (``usage``), and :class:`~pipeline.client.tokens.CompletionLengths`
+  learns from ``usage``.
 
 The contract is one :meth:`Pacer.turn` per attempt, and :meth:`Pacer.settle` once its answer is in::
 
@@ -19,6 +22,9 @@ The contract is one :meth:`Pacer.turn` per attempt, and :meth:`Pacer.settle` onc
 
 A turn left without :meth:`~Pacer.settle` (cancelled by the job's deadline, say) gives its slot back as
 neutral: no signal either way.
+
+Latency is timed from after the permit: calls in flight never outnumber the concurrency limit, which never
+exceeds the connection pool (sized to the concurrency), so no pool wait is counted as provider latency.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from typing import Final, Protocol
 
 from pipeline.client.concurrency import AdaptiveConcurrency, AimdParams, Signal, Slot
 from pipeline.client.failures import AttemptFailure
-from pipeline.client.ratelimit import Permit, RateLimiter
+from pipeline.client.ratelimit import DIMENSIONS, Dimension, Permit, RateLimiter
 from pipeline.client.timing import Clock, Sleep
 from pipeline.client.tokens import CompletionLengths, TokenEstimate, estimate_tokens
 from schemas.chat import ChatCompletion, ChatCompletionRequest, Usage
 
 #: Statuses that say "the provider is overloaded": they cut the adaptive concurrency limit.
 OVERLOAD_STATUSES: Final = frozenset({429, 503, 504})
+#: Calls in flight at first contact when no rate limit is configured, until the first answer.
+INITIAL_CONCURRENCY: Final = 2
 
 
 class PacingObserver(Protocol):
@@ -52,12 +60,21 @@ class PacingObserver(Protocol):
 
 
 def signal_for(result: ChatCompletion | AttemptFailure) -> Signal:
-    """What an answer tells the concurrency limit: a timeout or an overload status (not a quota) cuts it."""
+    """What an answer tells the concurrency limit: an overload status (not a quota) cuts it; a timeout cuts
+    it only while latency is growing (see :class:`~pipeline.client.concurrency.AdaptiveConcurrency`)."""
     if not isinstance(result, AttemptFailure):
         return "success"
     if result.failure == "timeout":
-        return "overload"
+        return "timeout"
     return "overload" if result.status in OVERLOAD_STATUSES and not result.is_quota else "neutral"
+
+
+def refused_dimension(failure: AttemptFailure) -> Dimension | None:
+    """Which limit a 429 names (OpenAI's error ``type`` is ``requests`` or ``tokens``); ``None``: both."""
+    for dimension in DIMENSIONS:
+        if failure.error_type == dimension:
+            return dimension
+    return None
 
 
 @dataclass(slots=True)
@@ -67,6 +84,7 @@ class Turn:
     slot: Slot
     permit: Permit
     estimate: TokenEstimate
+    model: str
     choices: int
     signal: Signal = "neutral"
     latency_s: float | None = None
@@ -88,29 +106,30 @@ class Pacer:
         self.rate_limiter = RateLimiter(
             requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, clock=clock, sleep=sleep
         )
-        self.concurrency = AdaptiveConcurrency(AimdParams(max_limit=max_concurrency))
+        configured = requests_per_minute is not None or tokens_per_minute is not None
+        initial = None if configured else min(INITIAL_CONCURRENCY, max_concurrency)
+        self.concurrency = AdaptiveConcurrency(
+            AimdParams(max_limit=max_concurrency, initial_limit=initial), on_limit=observer.on_concurrency_limit
+        )
         self.completion_lengths = CompletionLengths()
         self._observer = observer
 
     @asynccontextmanager
     async def turn(self, request: ChatCompletionRequest) -> AsyncIterator[Turn]:
-        """Hold a concurrency slot, then a rate-limit permit for ``request``, for one attempt."""
+        """Hold a concurrency slot, then a rate-limit permit of ``request``'s model, for one attempt."""
         slot = await self.concurrency.acquire()
-        limit_before = self.concurrency.limit
         turn: Turn | None = None
         try:
             # Estimated once a slot is ours, so the expected completion length is the latest learnt.
             estimate = estimate_tokens(request, self.completion_lengths.expected(request.model))
-            permit = await self.rate_limiter.acquire(estimate.total)
-            turn = Turn(slot, permit, estimate, choices=request.n or 1)
+            permit = await self.rate_limiter.acquire(request.model, estimate.total)
+            turn = Turn(slot, permit, estimate, model=request.model, choices=request.n or 1)
             yield turn
         finally:
             if turn is None:
                 self.concurrency.release(slot, "neutral", None)
             else:
                 self.concurrency.release(slot, turn.signal, turn.latency_s)
-            if self.concurrency.limit != limit_before:
-                self._observer.on_concurrency_limit(self.concurrency.limit)
 
     def settle(
         self,
@@ -127,14 +146,19 @@ class Pacer:
             self._observer.on_rate_limited()
         if isinstance(result, AttemptFailure):
             if status == 429 and not result.is_quota:
-                self.rate_limiter.on_rate_limited(turn.permit, headers, result.retry_after_s)
+                limit = refused_dimension(result)
+                self.rate_limiter.on_rate_limited(turn.permit, headers, result.retry_after_s, limit)
             elif status is not None:
-                self.rate_limiter.on_response(headers)
+                self.rate_limiter.on_response(turn.permit, headers)
         else:
-            self.rate_limiter.on_response(headers)
+            self.rate_limiter.on_response(turn.permit, headers)
             if result.usage is not None:
                 self.rate_limiter.on_charged(turn.permit, turn.estimate.charged(result.usage))
                 if not turn.estimate.completion_is_budget:
-                    self.completion_lengths.observe(result.model, result.usage.completion_tokens, turn.choices)
+                    # Learnt under the name asked for: an answer may name a dated snapshot of it.
+                    self.completion_lengths.observe(turn.model, result.usage.completion_tokens, turn.choices)
                 self._observer.on_usage(result.model, result.usage)
         turn.signal = signal_for(result)
+        if self.concurrency.starting and (self.rate_limiter.learnt or turn.signal == "success"):
+            # The limits are known, or an answer came without any: nothing more to learn by going slowly.
+            self.concurrency.open()

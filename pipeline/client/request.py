@@ -4,8 +4,8 @@
 request carries ``moderation`` except in ``separate`` mode. :func:`client_request_id` turns the job id into
 the ``X-Client-Request-Id`` the provider (and the simulator) correlates retries by.
 
-:class:`RequestHeaders` is the one place the API key is revealed: into the ``Authorization`` header of
-header maps whose ``repr`` hides it (:class:`RedactedHeaders`).
+:class:`RequestHeaders` builds every header but ``Authorization``: the key is added by the transport as each
+request is sent (:class:`~pipeline.client.transport.AuthorizedTransport`), so no header map built here holds it.
 """
 
 from __future__ import annotations
@@ -64,13 +64,6 @@ def client_request_id(job_id: str) -> str:
     return "sha256-" + hashlib.sha256(job_id.encode()).hexdigest()
 
 
-class RedactedHeaders(dict[str, str]):
-    """Request headers whose ``repr`` (in a traceback, a debugger, a log of locals) hides credentials."""
-
-    def __repr__(self) -> str:
-        return repr({name: "***" if name == "Authorization" else value for name, value in self.items()})
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -79,14 +72,13 @@ def _is_loopback(host: str) -> bool:
 
 
 class RequestHeaders:
-    """The headers every call of a client sends, with the key in ``Authorization``; :meth:`for_call` adds the
-    call's ``X-Client-Request-Id``."""
+    """The headers every call of a client sends (``Authorization`` aside); :meth:`for_call` adds the call's
+    ``X-Client-Request-Id``."""
 
     __slots__ = ("_json", "_stream")
 
     def __init__(self, config: ClientConfig) -> None:
         headers = {
-            "Authorization": f"Bearer {config.api_key.reveal()}",
             "Content-Type": "application/json",
             "User-Agent": f"moderated-pipeline/{__version__}",
         }
@@ -94,14 +86,12 @@ class RequestHeaders:
             headers["OpenAI-Organization"] = config.organization
         if config.project:
             headers["OpenAI-Project"] = config.project
-        self._json = RedactedHeaders({**headers, "Accept": "application/json"})
-        self._stream = RedactedHeaders({**headers, "Accept": "text/event-stream"})
+        self._json = {**headers, "Accept": "application/json"}
+        self._stream = {**headers, "Accept": "text/event-stream"}
         url = urllib.parse.urlsplit(config.base_url.rstrip("/"))
         if url.scheme == "http" and not _is_loopback(url.hostname or ""):
             log.warning("OPENAI_BASE_URL is plain http to a remote host: the API key travels unencrypted")
 
-    def for_call(self, request_id: str, *, stream: bool = False) -> RedactedHeaders:
+    def for_call(self, request_id: str, *, stream: bool = False) -> dict[str, str]:
         """A fresh header map for one call (``Accept: text/event-stream`` when it streams)."""
-        headers = RedactedHeaders(self._stream if stream else self._json)
-        headers["X-Client-Request-Id"] = request_id
-        return headers
+        return {**(self._stream if stream else self._json), "X-Client-Request-Id": request_id}

@@ -105,6 +105,8 @@ class Tally:
 
     attempts: int = 0
     last_failure: AttemptFailure | None = None
+    #: Seconds the call was held by the provider breaker: they do not count against its deadline.
+    held_s: float = 0.0
 
 
 class RetryObserver(Protocol):
@@ -147,7 +149,7 @@ class RetryRunner:
                 result,
                 attempts_made=tally.attempts,
                 policy=self._policy,
-                remaining_s=deadline - self._clock(),
+                remaining_s=deadline + tally.held_s - self._clock(),
                 rng=self._rng,
             )
             if isinstance(decision, GiveUp):

@@ -4,7 +4,15 @@
 multi-line ``data``, comments). :class:`ChunkAssembler` folds ``ChatCompletionChunk``\\s into a completion:
 content, refusal, tool calls and logprobs concatenated per choice, ``finish_reason`` per choice, ``usage``
 from the chunk that carries it, and ``moderation`` from whichever chunk carries it — often one with empty
-``choices``, before or after the content. A later non-null ``moderation`` replaces an earlier one.
+``choices``, before or after the content.
+
+The API sends one moderation chunk. Should a stream carry more, they are merged worst-of
+(:func:`worse_moderation`), so a later chunk can never make the job cleaner than an earlier one said: on each
+side an error sticks, and results are merged choice by choice with every flag kept and every score at its
+highest; a choice either chunk left without a result stays without one (so an empty list stays missing).
+Whatever thresholds routing applies, the merge routes at least as strictly as each chunk alone, in either
+order. (Failing the stream instead would have it retried, paying again for an answer already generated, or
+thrown away; the merge keeps the answer and sends it to review whenever either chunk would have.)
 
 :func:`read_stream` drives both over a body and ends in a completion or a :class:`AttemptFailure`:
 
@@ -38,7 +46,11 @@ from schemas.chat import (
     FunctionCall,
     FunctionToolCall,
     Moderation,
-    ServiceTier,
+    ModerationError,
+    ModerationOutcome,
+    ModerationResult,
+    ModerationResults,
+    ServedTier,
     TokenLogprob,
     ToolCall,
     Usage,
@@ -213,6 +225,41 @@ class _ChoiceParts:
         return ChoiceLogprobs(content=self.logprobs_content, refusal=self.logprobs_refusal)
 
 
+def _worse_result(first: ModerationResult, second: ModerationResult) -> ModerationResult:
+    """Every category flagged in either, every score at the higher of the two (keys: first's, then new ones)."""
+    flags, scores = {**first.categories, **second.categories}, {**first.category_scores, **second.category_scores}
+    input_types = {**first.category_applied_input_types, **second.category_applied_input_types}
+    return ModerationResult(
+        categories={name: first.categories.get(name, False) or second.categories.get(name, False) for name in flags},
+        category_applied_input_types={
+            name: list(dict.fromkeys([*first.category_applied_input_types.get(name, []), *types]))
+            for name, types in input_types.items()
+        },
+        category_scores={
+            name: max(first.category_scores.get(name, 0.0), second.category_scores.get(name, 0.0)) for name in scores
+        },
+        flagged=first.flagged or second.flagged,
+        model=first.model,
+    )
+
+
+def _worse_side(first: ModerationOutcome, second: ModerationOutcome) -> ModerationOutcome:
+    """An error sticks (the first one seen); else results merged choice by choice, as many as *both* chunks
+    have: a choice one chunk left without a verdict stays without one (an empty list stays empty)."""
+    for side in (first, second):
+        if isinstance(side, ModerationError):
+            return side
+    assert isinstance(first, ModerationResults) and isinstance(second, ModerationResults)
+    return ModerationResults(
+        model=first.model, results=[_worse_result(a, b) for a, b in zip(first.results, second.results, strict=False)]
+    )
+
+
+def worse_moderation(first: Moderation, second: Moderation) -> Moderation:
+    """Two moderation chunks of one stream as one that is never cleaner than either (see the module doc)."""
+    return Moderation(input=_worse_side(first.input, second.input), output=_worse_side(first.output, second.output))
+
+
 class IncompleteStream(Exception):
     """The stream ended before every choice had a ``finish_reason`` (or before any chunk)."""
 
@@ -225,7 +272,7 @@ class ChunkAssembler:
         self._choices: dict[int, _ChoiceParts] = {}
         self._moderation: Moderation | None = None
         self._usage: Usage | None = None
-        self._service_tier: ServiceTier | None = None
+        self._service_tier: ServedTier | None = None
         self._system_fingerprint: str | None = None
 
     def add(self, chunk: ChatCompletionChunk) -> None:
@@ -233,7 +280,9 @@ class ChunkAssembler:
             self._first = chunk
         for choice in chunk.choices:
             self._choices.setdefault(choice.index, _ChoiceParts()).add(choice)
-        self._moderation = chunk.moderation or self._moderation
+        if chunk.moderation is not None:
+            earlier = self._moderation
+            self._moderation = chunk.moderation if earlier is None else worse_moderation(earlier, chunk.moderation)
         self._usage = chunk.usage or self._usage
         self._service_tier = chunk.service_tier or self._service_tier
         self._system_fingerprint = chunk.system_fingerprint or self._system_fingerprint

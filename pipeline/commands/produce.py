@@ -1,8 +1,8 @@
 """``pipeline produce FILE.jsonl|-``: validate jobs line by line and publish the valid ones.
 
-Invalid lines (not a job, or a job id already seen in this file) are reported with their line number and
-reason and are not published; ``--strict`` stops at the first one. The exit code is 1 when any line was
-invalid, so scripts notice.
+Invalid lines (not a job, a job the worker would refuse, or a job id already seen in this file) are reported
+with their line number and reason and are not published; ``--strict`` stops at the first one. The exit code
+is 1 when any line was invalid, so scripts notice.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pipeline.commands.common import (
     require_topics,
 )
 from pipeline.kafka import make_producer
+from pipeline.routing import repeated_key
 from schemas.topics import HEADER_JOB_ID, Job, decode_job
 
 #: Sends awaited together; bounds memory for long files while keeping the producer's batches full.
@@ -41,6 +42,20 @@ def produce_command(args: argparse.Namespace) -> int:
         raise CliError(f"no such file: {path}")
     with Path(path).open("rb") as source:
         return asyncio.run(produce_jobs(common, source, Path(path).stat().st_size, args.strict))
+
+
+def check_line(line: bytes, *, max_job_bytes: int, seen: dict[str, int]) -> Job | str:
+    """The job on ``line``, or why it is not one: what the worker would refuse (it decodes each record the
+    same way, and refuses one where an object names a key twice), or an id already on an earlier line
+    (``seen``: id → line number)."""
+    job = decode_job(line, max_bytes=max_job_bytes)
+    if not isinstance(job, Job):
+        return job.error
+    if (key := repeated_key(line)) is not None:
+        return f"an object names the key {key!r} twice (ambiguous: the worker refuses it)"
+    if job.id in seen:
+        return f"duplicate id {job.id!r} (first on line {seen[job.id]})"
+    return job
 
 
 async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | None, strict: bool) -> int:
@@ -59,19 +74,13 @@ async def produce_jobs(common: CommonSettings, source: IO[bytes], size: int | No
             line = raw.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            job = decode_job(line, max_bytes=common.worker.max_job_bytes)
-            problem = None
+            job = check_line(line, max_job_bytes=common.worker.max_job_bytes, seen=seen)
             if not isinstance(job, Job):
-                problem = job.error
-            elif job.id in seen:
-                problem = f"duplicate id {job.id!r} (first on line {seen[job.id]})"
-            if problem is not None:
                 invalid += 1
-                tqdm.write(f"line {number}: {problem}", file=sys.stderr)
+                tqdm.write(f"line {number}: {job}", file=sys.stderr)
                 if strict:
                     break
                 continue
-            assert isinstance(job, Job)
             seen[job.id] = number
             key = job.id.encode()
             pending.append(await producer.send(topic, line, key=key, headers=[(HEADER_JOB_ID, key)]))

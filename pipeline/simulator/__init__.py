@@ -4,7 +4,8 @@ Development, the embedded demo, tests and benchmarks run against it the way Loca
 the wire format is :mod:`schemas`, the moderation scores come from a deterministic lexicon classifier,
 the generated text from a hash of the prompt and ``seed``, and faults, latency and rate limits are set per
 server (:class:`SimulatorConfig`) and per request (directives: the ``x-sim-fault`` header,
-``metadata["sim_fault"]`` or ``[[sim:…]]`` in a message).
+``metadata["sim_fault"]`` or ``[[sim:…]]`` in a message); a provider-wide outage that ends is started over
+``/sim/outage`` (:mod:`.outage`).
 
 - :class:`Simulator` / :func:`run_simulator` — in-process, on the caller's event loop.
 - :class:`SimulatorProcess` — in a child process (its own core), for benchmarks and multi-process tests.

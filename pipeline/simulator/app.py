@@ -4,7 +4,8 @@ Order of work for ``POST /v1/chat/completions`` (``/v1/moderations`` passes the 
 authorize (401) → decode (400) → directives (400 on a typo) → job id and fault plan → context window (400)
 → rate limits (429) → latency → the injected failure, or the answer (JSON, or SSE when ``stream`` is true).
 The gate is :mod:`pipeline.simulator.gate`, the writing of answers and their headers
-:mod:`pipeline.simulator.exchange`. ``/sim/*`` is the control plane and needs no key.
+:mod:`pipeline.simulator.exchange`. A provider-wide outage (:mod:`pipeline.simulator.outage`) refuses every
+``/v1`` request once it is authorized. ``/sim/*`` is the control plane and needs no key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Final
 
 import msgspec
@@ -27,6 +29,7 @@ from pipeline.simulator.errors import ApiError
 from pipeline.simulator.exchange import JSON, AnswerWriter, Exchange
 from pipeline.simulator.gate import Gate, directive_error
 from pipeline.simulator.http import HttpConnection, HttpRequest
+from pipeline.simulator.outage import Outage, ProviderOutage, refusal
 from pipeline.simulator.ratelimit import Clock
 from pipeline.simulator.stats import StatsRecorder
 from schemas.chat import ChatCompletionRequest
@@ -47,6 +50,14 @@ DEFAULT_MODERATION_MODEL: Final = "omni-moderation-latest"
 MODELS_CREATED: Final = 1_700_000_000
 _CHAT_REQUEST: Final = msgspec.json.Decoder(ChatCompletionRequest)
 _MODERATION_REQUEST: Final = msgspec.json.Decoder(ModerationCreateRequest)
+_OUTAGE: Final = msgspec.json.Decoder(Outage)
+
+
+class _ModelNamed(msgspec.Struct):
+    model: str | None = None
+
+
+_MODEL_NAMED: Final = msgspec.json.Decoder(_ModelNamed)
 
 Route = Callable[[Exchange], Awaitable[None]]
 
@@ -63,6 +74,7 @@ class SimulatorApp:
     def __init__(self, config: SimulatorConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
         self.stats = StatsRecorder()
+        self.outage = ProviderOutage(clock)
         self._gate = Gate(config, self.stats, clock)
         self._writer = AnswerWriter(self._gate.limiter, ttft_ms=config.ttft_ms, per_token_ms=config.per_token_ms)
         self._thresholds = thresholds_with(config.thresholds)
@@ -97,6 +109,7 @@ class SimulatorApp:
             if route is None:
                 raise errors.not_found(request.method, request.path)
             self._authorize(request)
+            self._refuse_in_outage(request)
             await route(exchange)
         except ApiError as error:
             exchange.extra_headers.update(error.headers)
@@ -124,6 +137,17 @@ class SimulatorApp:
         if self.config.api_key is not None and token != self.config.api_key:
             raise errors.invalid_api_key()
 
+    def _refuse_in_outage(self, request: HttpRequest) -> None:
+        error = self.outage.error()
+        if error is None:
+            return
+        self.stats.by_fault[f"outage_{error}"] += 1
+        try:
+            model = _MODEL_NAMED.decode(request.body).model if request.body else None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            model = None
+        raise refusal(error, model)
+
     # ---------------------------------------------------------------------------------------------
     # Endpoints
     # ---------------------------------------------------------------------------------------------
@@ -144,6 +168,7 @@ class SimulatorApp:
         if exchange.job_id is not None:
             self.stats.attempts_by_job[exchange.job_id] += 1
         directives = self._gate.directives(request, metadata).merged_with(chat_input.directives)
+        chat_input = replace(chat_input, directives=directives)
         plan = self._gate.plan(exchange, directives)
 
         n = chat.n or 1
@@ -163,6 +188,9 @@ class SimulatorApp:
                 moderation_error_input="moderation_error_input" in plan.shape,
                 moderation_error_output="moderation_error_output" in plan.shape,
                 moderation_missing="moderation_missing" in plan.shape,
+                moderation_results_short="moderation_results_short" in plan.shape,
+                moderation_again_clean="moderation_again_clean" in plan.shape,
+                moderation_again_error="moderation_again_error" in plan.shape,
             ),
         )
         usage = answer.completion.usage
@@ -249,9 +277,24 @@ class SimulatorApp:
                 connection.respond(200, headers, ENCODER.encode(self.stats.snapshot()))
             case ("GET", "/sim/health"):
                 connection.respond(200, headers, ENCODER.encode(Health(status="ok")))
+            case ("GET" | "POST" | "DELETE" as method, "/sim/outage"):
+                status, body = self._outage_control(method, request.body)
+                connection.respond(status, headers, body)
             case _:
                 error = errors.not_found(request.method, request.path)
                 connection.respond(error.status, headers, ENCODER.encode(error.body))
+
+    def _outage_control(self, method: str, body: bytes) -> tuple[int, bytes]:
+        """``/sim/outage``: start one (POST), end it (DELETE) or look (GET); answers the state, or a 400."""
+        if method == "POST":
+            try:
+                self.outage.start(_OUTAGE.decode(body))
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                error = errors.invalid_request(f"Invalid outage: {exc}")
+                return error.status, ENCODER.encode(error.body)
+        elif method == "DELETE":
+            self.outage.end()
+        return 200, ENCODER.encode(self.outage.state())
 
 
 def _moderation_groups(value: str | Sequence[str | ModerationInputPart]) -> list[tuple[list[str], list[str]]]:

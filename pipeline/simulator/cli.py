@@ -22,6 +22,7 @@ _EPILOG_TEMPLATE = """\
 examples:
   pipeline simulate --port 8089
   pipeline simulate --port 8089 --latency lognormal:300,2000 --faults '500@0.01,429@0.02' --rpm 600
+  pipeline simulate --port 8089 --rpm 3000 --rate-window 1     # 3,000/min enforced as 50 a second
 
   then: OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=anything <client>
 
@@ -102,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 def _describe(config: SimulatorConfig) -> str:
     key = "configured key" if config.api_key else "any key"
     limits = f"rpm {config.rpm or '∞'}, tpm {config.tpm or '∞'}"
+    if config.rate_window != 60:
+        limits += f" over {config.rate_window:g} s windows"
     faults = ", ".join(str(rule) for rule in config.faults) or "none"
     latency = "none" if config.latency is None else repr(config.latency)
     return f"{key}; {limits}; latency {latency}; server faults {faults}"

@@ -15,12 +15,17 @@ Policy ``block`` (``moderation.policy``), the simulator's documented behaviour:
 - ``score`` (or no policy): nothing is withheld; the scores and ``flagged`` tell the client.
 
 A moderation error on a side (fault) means that side could not be scored, so it cannot block.
+
+Shape faults and value directives change the answer after that: ``moderation_results_short`` drops the last
+output result (fewer results than choices); ``moderation_again_clean`` / ``moderation_again_error`` add a
+second moderation for a stream to send after the first (both sides clean; the output side an error);
+``finish_reason=``, ``service_tier=`` and ``annotation=`` put the given values in the answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from pipeline.simulator.classifier import MARKERS, classify
 from pipeline.simulator.directives import NO_DIRECTIVES, Directives, extract_from_text
@@ -91,6 +96,8 @@ class Answer:
     streamed: list[Generated | None]
     input_flagged: bool
     output_flagged: bool
+    #: Moderation chunks a stream sends after the completion's own (the ``moderation_again_*`` faults).
+    later_moderation: list[Moderation] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,9 @@ class Shape:
     moderation_error_input: bool = False
     moderation_error_output: bool = False
     moderation_missing: bool = False
+    moderation_results_short: bool = False
+    moderation_again_clean: bool = False
+    moderation_again_error: bool = False
 
 
 def _moderation_error(side: str) -> ModerationError:
@@ -108,6 +118,27 @@ def _moderation_error(side: str) -> ModerationError:
 
 def _results(model: str, results: list[ModerationResult]) -> ModerationResults:
     return ModerationResults(model=model, results=results)
+
+
+def _annotation(kind: str, text: str) -> dict[str, Any]:
+    """One annotation of ``kind`` over the whole text, shaped like the API's (``url_citation``'s fields)."""
+    span = {"start_index": 0, "end_index": len(text), "title": "A simulated source", "url": "https://example.com/"}
+    return {"type": kind, kind: span}
+
+
+def _later_moderation(
+    moderation: Moderation | None, choices: int, model: str, thresholds: dict[str, float], shape: Shape
+) -> list[Moderation]:
+    """The second moderation chunks the ``moderation_again_*`` faults ask for, clean one first."""
+    later: list[Moderation] = []
+    if moderation is None:
+        return later
+    if shape.moderation_again_clean:
+        clean = classify((), model=model, thresholds=thresholds)
+        later.append(Moderation(input=_results(model, [clean]), output=_results(model, [clean] * choices)))
+    if shape.moderation_again_error:
+        later.append(Moderation(input=moderation.input, output=_moderation_error("generated output")))
+    return later
 
 
 def answer_chat(
@@ -119,6 +150,8 @@ def answer_chat(
     thresholds: dict[str, float],
     shape: Shape,
 ) -> Answer:
+    """The answer to ``request``, shaped by ``chat_input.directives`` (the server merges in the header's and
+    the metadata's before it asks)."""
     moderation_params = request.moderation
     policy = moderation_params.policy if moderation_params is not None else None
     block_input = policy is not None and policy.input is not None and policy.input.mode == "block"
@@ -166,13 +199,16 @@ def answer_chat(
             result = classify([generated.text], model=mod_model, thresholds=thresholds)
             output_results.append(result)
             withheld = withheld or (block_output and result.flagged)
+        finish_reason = directives.finish_reason
         if withheld:
             message = ChatCompletionMessage(role="assistant")
-            choices.append(Choice(finish_reason="content_filter", index=index, message=message))
+            choices.append(Choice(finish_reason=finish_reason or "content_filter", index=index, message=message))
             streamed.append(None)
         else:
-            message = ChatCompletionMessage(role="assistant", content=generated.text)
-            choices.append(Choice(finish_reason=generated.finish_reason, index=index, message=message))
+            kind = directives.annotation if index == 0 else None
+            annotations = [_annotation(kind, generated.text)] if kind else None
+            message = ChatCompletionMessage(role="assistant", content=generated.text, annotations=annotations)
+            choices.append(Choice(finish_reason=finish_reason or generated.finish_reason, index=index, message=message))
             streamed.append(generated)
 
     moderation: Moderation | None = None
@@ -180,8 +216,9 @@ def answer_chat(
         input_side: ModerationOutcome = (
             _results(mod_model, [input_result]) if input_result is not None else _moderation_error("request input")
         )
+        kept = output_results[:-1] if shape.moderation_results_short else output_results
         output_side: ModerationOutcome = (
-            _results(mod_model, output_results) if scored_output else _moderation_error("generated output")
+            _results(mod_model, kept) if scored_output else _moderation_error("generated output")
         )
         moderation = Moderation(input=input_side, output=output_side)
 
@@ -192,6 +229,7 @@ def answer_chat(
         model=request.model,
         object="chat.completion",
         moderation=moderation,
+        service_tier=directives.service_tier,
         system_fingerprint=SYSTEM_FINGERPRINT,
         usage=Usage(
             completion_tokens=completion_tokens,
@@ -204,4 +242,5 @@ def answer_chat(
         streamed=streamed,
         input_flagged=input_result is not None and input_result.flagged,
         output_flagged=any(result.flagged for result in output_results),
+        later_moderation=_later_moderation(moderation, n, mod_model, thresholds, shape),
     )

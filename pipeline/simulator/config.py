@@ -51,6 +51,10 @@ class SimulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: Requests and tokens per minute; ``None`` means unlimited (and no ``x-ratelimit-*`` headers).
     rpm: int | None = None
     tpm: int | None = None
+    #: Seconds over which ``rpm`` and ``tpm`` are enforced: each bucket holds this window's share of the
+    #: minute's limit (60, the default: a whole minute; 1: a 3,000/min limit admits 50 at once, then 50 a
+    #: second). ``x-ratelimit-remaining-*`` and ``-reset-*`` report that bucket. See :mod:`.ratelimit`.
+    rate_window: float = 60.0
     #: The ``retry-after-ms`` of an injected ``429`` fault (``retry-after`` is it rounded up to seconds).
     fault_retry_after_ms: int = 100
     #: How long a ``hang`` fault holds the request before closing the connection without an answer.
@@ -73,6 +77,8 @@ class SimulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         for name in ("ttft_ms", "per_token_ms", "hang_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not 0 < self.rate_window <= 60:
+            raise ValueError("rate_window must be more than 0 and at most 60 seconds")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -123,6 +129,7 @@ OPTIONS: Final[tuple[ConfigOption, ...]] = (
     ConfigOption("random_seed", int, "seed for latency samples and fault rates", "N"),
     ConfigOption("rpm", _optional_int, "requests-per-minute limit (default: none)", "N"),
     ConfigOption("tpm", _optional_int, "tokens-per-minute limit (default: none)", "N"),
+    ConfigOption("rate_window", float, "enforce rpm/tpm over windows of this many seconds (default 60)", "SECONDS"),
     ConfigOption("fault_retry_after_ms", int, "retry-after-ms of injected 429 faults (default 100)", "MS"),
     ConfigOption("hang_s", float, "how long a 'hang' fault holds a request (default 600)", "S"),
     ConfigOption(

@@ -14,6 +14,10 @@ A directive is a comma-separated list of items:
 - ``latency=MS``: answer after a fixed MS milliseconds instead of the server's latency distribution.
 - ``flag_input[=CATEGORY]`` / ``flag_output[=CATEGORY]``: add that category's marker word to the scored
   input, or to the generated output (so output moderation flags it honestly). Default ``violence``.
+- ``finish_reason=VALUE``, ``service_tier=VALUE``, ``annotation=TYPE``: answer with values the API may add
+  tomorrow (or known ones): every choice finishes with ``VALUE`` (content kept); the answer (and every chunk)
+  names ``service_tier`` ``VALUE``; the first choice's message carries one annotation of ``TYPE`` (JSON
+  answers only: streamed deltas carry no annotations). A value is letters, digits, ``_``, ``.`` or ``-``.
 
 The same fault items (``500@0.01``, ``429*1``) configure server-wide faults (``--faults``).
 """
@@ -53,6 +57,9 @@ ShapeFault = Literal[
     "moderation_missing",
     "moderation_unknown_type",
     "moderation_before_content",
+    "moderation_again_clean",
+    "moderation_again_error",
+    "moderation_results_short",
 ]
 Fault = FailureFault | ShapeFault
 
@@ -86,6 +93,9 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float | None = None
     flag_input: str | None = None
     flag_output: str | None = None
+    finish_reason: str | None = None
+    service_tier: str | None = None
+    annotation: str | None = None
 
     def merged_with(self, later: Directives) -> Directives:
         """Rules of both, this one's first; for options, this one's value wins when both set one."""
@@ -98,11 +108,17 @@ class Directives(msgspec.Struct, frozen=True, kw_only=True):
             latency_ms=self.latency_ms if self.latency_ms is not None else later.latency_ms,
             flag_input=self.flag_input or later.flag_input,
             flag_output=self.flag_output or later.flag_output,
+            finish_reason=self.finish_reason or later.finish_reason,
+            service_tier=self.service_tier or later.service_tier,
+            annotation=self.annotation or later.annotation,
         )
 
 
 NO_DIRECTIVES: Final = Directives()
 _RULE = re.compile(r"(?P<name>[a-z0-9_]+)(?:\*(?P<times>\d+))?(?:@(?P<rate>[0-9.]+))?")
+_VALUE = re.compile(r"[A-Za-z0-9_.-]+")
+#: Options that put a value of the directive's choosing into the answer (see the module doc).
+VALUE_OPTIONS: Final = ("finish_reason", "service_tier", "annotation")
 
 
 def parse_rule(item: str) -> FaultRule:
@@ -131,11 +147,19 @@ def _category(item: str, value: str) -> str:
     return category
 
 
+def _value(item: str, value: str) -> str:
+    value = value.strip()
+    if not _VALUE.fullmatch(value):
+        raise DirectiveError(f"simulator directive {item!r}: expected a value of letters, digits, '_', '.' or '-'")
+    return value
+
+
 def parse_directives(text: str) -> Directives:
     rules: list[FaultRule] = []
     latency_ms: float | None = None
     flag_input: str | None = None
     flag_output: str | None = None
+    values: dict[str, str] = {}
     for raw in text.split(","):
         item = raw.strip()
         if not item:
@@ -153,9 +177,19 @@ def parse_directives(text: str) -> Directives:
             flag_input = _category(item, value)
         elif key == "flag_output":
             flag_output = _category(item, value)
+        elif key in VALUE_OPTIONS and has_value:
+            values[key] = _value(item, value)
         else:
             rules.append(parse_rule(item))
-    return Directives(rules=tuple(rules), latency_ms=latency_ms, flag_input=flag_input, flag_output=flag_output)
+    return Directives(
+        rules=tuple(rules),
+        latency_ms=latency_ms,
+        flag_input=flag_input,
+        flag_output=flag_output,
+        finish_reason=values.get("finish_reason"),
+        service_tier=values.get("service_tier"),
+        annotation=values.get("annotation"),
+    )
 
 
 def extract_from_text(text: str) -> tuple[str, Directives]:

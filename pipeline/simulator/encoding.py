@@ -6,12 +6,13 @@ Stream order (``after_content``, the default), each line ``data: <chunk JSON>``:
 2. content chunks, one token each, choices interleaved token by token;
 3. one finish chunk per choice (empty ``delta``, ``finish_reason``);
 4. the moderation chunk (``choices: []``, ``moderation: {input, output}``) when moderation was requested;
-5. the usage chunk (``choices: []``, ``usage``) when ``stream_options.include_usage`` is true;
-6. ``data: [DONE]``.
+5. any later moderation chunks (the ``moderation_again_*`` faults: a stream the API should not send);
+6. the usage chunk (``choices: []``, ``usage``) when ``stream_options.include_usage`` is true;
+7. ``data: [DONE]``.
 
 With ``before_content`` (server option, or the ``moderation_before_content`` fault) the moderation chunk
-comes first instead, before the role chunks. Both sides travel together because the schema's
-``Moderation`` requires both.
+comes first instead, before the role chunks (later ones stay at 5). Both sides travel together because the
+schema's ``Moderation`` requires both. Every chunk carries the answer's ``service_tier`` when it has one.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def stream_events(
             created=completion.created,
             model=completion.model,
             object="chat.completion.chunk",
+            service_tier=completion.service_tier,
             system_fingerprint=completion.system_fingerprint,
             **extra,
         )
@@ -91,6 +93,7 @@ def stream_events(
         events.append(event([finish]))
     if not moderation_first:
         events.extend(moderation)
+    events.extend(event([], moderation=later) for later in answer.later_moderation)
     if include_usage and completion.usage is not None:
         events.append(event([], usage=completion.usage))
     events.append(Event(DONE))

@@ -108,3 +108,18 @@ def server_error(status: int) -> ApiError:
     if status == 503:
         return _error(503, "The server is overloaded or not ready yet.", "server_error")
     return _error(status, "The server had an error while processing your request.", "server_error")
+
+
+def model_not_found(model: str | None) -> ApiError:
+    named = f"The model `{model}`" if model else "The model"
+    return _error(
+        404, f"{named} does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"
+    )
+
+
+def model_access_denied(model: str | None) -> ApiError:
+    """The 403 of a project without access to the model (the API names it ``model_not_found`` too)."""
+    named = f"model `{model}`" if model else "this model"
+    return _error(
+        403, f"Project `proj_simulator` does not have access to {named}", "invalid_request_error", "model_not_found"
+    )

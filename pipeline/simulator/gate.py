@@ -38,7 +38,7 @@ class Gate:
         self._stats = stats
         self._rng = random.Random(config.random_seed)
         self._faults = FaultInjector(config.faults, self._rng)
-        self.limiter = RateLimiter(config.rpm, config.tpm, clock)
+        self.limiter = RateLimiter(config.rpm, config.tpm, clock, config.rate_window)
 
     def reset(self) -> None:
         """Forget per-job attempt counts (so ``*N`` faults start over)."""

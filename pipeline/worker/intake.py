@@ -56,10 +56,18 @@ class Intake:
     """The consumer's fetch loop for one worker; see the module docstring."""
 
     def __init__(
-        self, consumer: Consumer, scheduler: Scheduler[Any], metrics: Metrics, *, max_poll_interval_ms: int
+        self,
+        consumer: Consumer,
+        scheduler: Scheduler[Any],
+        metrics: Metrics,
+        *,
+        max_poll_interval_ms: int,
+        provider_available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._consumer = consumer
         self._scheduler = scheduler
+        #: While the provider refuses every call (its breaker is open) nothing is fetched.
+        self._provider_available = provider_available
         self._metrics = metrics
         self._keepalive_s = min(PAUSED_POLL_S, max_poll_interval_ms / 4000)
         self._paused = False
@@ -80,8 +88,11 @@ class Intake:
 
     def wake(self) -> None:
         """Something left the scheduler: wake a paused fetch loop as soon as there is room again."""
-        if self._paused and self._scheduler.calm():
+        if self._paused and self._may_resume():
             self._room.set()
+
+    def _may_resume(self) -> bool:
+        return self._scheduler.calm() and self._provider_available()
 
     def assignment_changed(self) -> None:
         """A new assignment starts unpaused (the consumer does not carry pauses across a rebalance); the
@@ -156,6 +167,8 @@ class Intake:
 
     def _apply_backpressure(self) -> None:
         decision = self._scheduler.fetch_decision(self._paused)
+        if not self._provider_available():
+            decision = "keep" if self._paused else "pause"
         if decision != "keep":
             if decision == "pause":
                 self._consumer.pause(*self._consumer.assignment())
@@ -165,9 +178,10 @@ class Intake:
         self._metrics.partitions_paused.set(len(self._consumer.paused()))
 
     async def _room_within(self, timeout_s: float) -> bool:
-        """Whether what is held fell to the resume level within ``timeout_s``."""
+        """Whether what is held fell to the resume level (and the provider takes calls) within ``timeout_s``;
+        a provider coming back is noticed at the next turn, within ``timeout_s``."""
         self._room.clear()
-        if self._scheduler.calm():
+        if self._may_resume():
             return True
         try:
             async with asyncio.timeout(timeout_s):

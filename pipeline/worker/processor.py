@@ -21,9 +21,17 @@ log = logging.getLogger("pipeline.worker")
 
 
 class CompletionClient(Protocol):
-    """What the worker needs from the provider client: one job in, one outcome out, never an exception."""
+    """What the worker needs from the provider client: one job in, one outcome out, never an exception; and
+    whether the provider takes calls at all (false while a provider-wide failure holds every call), and
+    whether new jobs should be fetched meanwhile (only to give a probing breaker a fresh call)."""
 
     async def complete(self, job: Job) -> Outcome: ...
+
+    @property
+    def provider_available(self) -> bool: ...
+
+    @property
+    def takes_new_jobs(self) -> bool: ...
 
     async def aclose(self) -> None: ...
 

@@ -126,8 +126,13 @@ class Worker:
             settings.output_topic, settings.review_topic, settings.group_id, kafka.max_record_bytes
         )
         self._sink = Sink(self.clients.producer, destinations, metrics)
+        self._client = client
         self._intake = Intake(
-            self.clients.consumer, self.scheduler, metrics, max_poll_interval_ms=settings.max_poll_interval_ms
+            self.clients.consumer,
+            self.scheduler,
+            metrics,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            provider_available=lambda: client.takes_new_jobs,
         )
         self._starts = PartitionStarts(
             group_id=settings.group_id,
@@ -179,7 +184,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self._running and not self.scheduler.draining and bool(self.offsets.partitions)
+        """Running, not draining, owning started partitions, and the provider takes calls."""
+        started = bool(self.offsets.partitions)
+        return self._running and not self.scheduler.draining and started and self._client.provider_available
 
     @property
     def in_flight(self) -> int:

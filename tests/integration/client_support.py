@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from pipeline.backoff import Backoff
 from pipeline.client import ChatClient, ClientConfig
 from pipeline.secret import Secret
 from pipeline.simulator import Simulator
@@ -27,6 +28,7 @@ class Recorder:
     rate_limited: int = 0
     usage: list[tuple[str, Usage]] = field(default_factory=list)
     limits: list[int] = field(default_factory=list)
+    blocked: list[str | None] = field(default_factory=list)
 
     def on_attempt(self, status: int | None, latency_s: float) -> None:
         self.statuses.append(status)
@@ -42,6 +44,9 @@ class Recorder:
 
     def on_concurrency_limit(self, limit: int) -> None:
         self.limits.append(limit)
+
+    def on_provider_blocked(self, cause: str | None) -> None:
+        self.blocked.append(cause)
 
 
 class Sleeps(list[float]):
@@ -70,6 +75,10 @@ class VirtualTime:
         await asyncio.sleep(0)
 
 
+#: The provider breaker probes within tens of milliseconds in these tests (a second and up in production).
+QUICK_PROBES = Backoff(0.02, 0.1, jitter=0.0)
+
+
 def client_for(
     sim: Simulator,
     *,
@@ -82,9 +91,12 @@ def client_for(
         "api_key": Secret(KEY),
         "base_url": sim.base_url,
         "read_timeout_s": 0.3,
+        "call_timeout_s": 0.5,
         "max_attempts": 3,
         **config,
     }
     if time is not None:
-        return ChatClient(ClientConfig(**settings), observer=observer, clock=time.clock, sleep=time.sleep)  # type: ignore[arg-type]
-    return ChatClient(ClientConfig(**settings), observer=observer, sleep=sleeps or Sleeps())  # type: ignore[arg-type]
+        return ChatClient(  # type: ignore[arg-type]
+            ClientConfig(**settings), observer=observer, clock=time.clock, sleep=time.sleep, probe_backoff=QUICK_PROBES
+        )
+    return ChatClient(ClientConfig(**settings), observer=observer, sleep=sleeps or Sleeps(), probe_backoff=QUICK_PROBES)  # type: ignore[arg-type]

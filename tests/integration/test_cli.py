@@ -95,7 +95,14 @@ def test_demo_json_handles_every_route_of_the_sample_set() -> None:
     assert report["handled"] == report["jobs"] == 60
     assert report["matches_expected"] is True
     assert report["by_reason"] == report["expected_by_reason"]
-    assert set(report["by_reason"]) == {"flagged", "moderation_error", "moderation_missing", "api_error", "invalid_job"}
+    assert set(report["by_reason"]) == {
+        "flagged",
+        "moderation_error",
+        "moderation_missing",
+        "content_filter",
+        "api_error",
+        "invalid_job",
+    }
     assert report["by_destination"]["output"] == report["expected_output"] > 0
     assert report["throughput_jobs_per_s"] > 0
     assert report["tokens"]["prompt"] > 0
@@ -130,6 +137,25 @@ async def test_produce_publishes_valid_lines_and_reports_invalid_ones(
     strict = await asyncio.to_thread(pipeline, ["produce", str(path), "--strict"], topic_env(kafka_broker, topics))
     assert strict.returncode == 1
     assert "published 1 jobs" in strict.stdout and "--strict" in strict.stdout
+
+
+async def test_produce_refuses_a_line_the_worker_would_refuse(
+    kafka_broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A job whose JSON names a key twice decodes (the last value wins), but the worker refuses it as
+    ambiguous: produce reports it with its line number instead of publishing it."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+    topics = Topics.named(topic_prefix)
+    await create_topics(kafka, topics)
+    repeated = '{"id": "r-2", "id": "r-3", "messages": [{"role": "user", "content": "Hi"}]}'
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join([job("r-1").decode(), repeated, job("r-4").decode()]) + "\n")
+    done = await asyncio.to_thread(pipeline, ["produce", str(path)], topic_env(kafka_broker, topics))
+    assert done.returncode == 1
+    assert "published 2 jobs" in done.stdout and "1 invalid lines not published" in done.stdout
+    assert "line 2: an object names the key 'id' twice" in done.stderr
+    published = await read_all(kafka, topics.input, 2)
+    assert sorted(key or b"" for key, _, _ in published) == [b"r-1", b"r-4"]
 
 
 def on_a_terminal(args: Sequence[str], env: dict[str, str]) -> tuple[int, str]:

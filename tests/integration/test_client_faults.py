@@ -6,16 +6,18 @@ attempt count is checked on both sides: the outcome's, and the simulator's count
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
 
 from pipeline.outcomes import Completed, Failed, Outcome
 from pipeline.simulator import Simulator
+from pipeline.simulator.outage import Outage
 from schemas.chat import ModerationError, ModerationResults
 from schemas.topics import ApiFailureKind
-from tests.fixtures.simulator import MakeSimulator
 from tests.integration.client_support import Recorder, client_for, job
+from tests.unit.worker.fakes import until
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,6 @@ GAVE_UP = {
     "503": Expect(3, "http_status", 503),
     "reset": Expect(3, "transport"),
     "hang": Expect(3, "timeout"),
-    "insufficient_quota": Expect(1, "http_status", 429),
     "context_length_exceeded": Expect(1, "http_status", 400),
     "malformed_json": Expect(1, "decode"),
     "moderation_unknown_type": Expect(1, "decode"),
@@ -107,12 +108,44 @@ async def test_moderation_shape_faults_complete_with_what_the_provider_said(simu
     assert isinstance(output_error.completion.moderation.output, ModerationError)
 
 
-async def test_a_wrong_key_is_not_retried(make_simulator: MakeSimulator) -> None:
-    sim = await make_simulator(api_key="sk-the-right-one")
-    async with client_for(sim) as client:
-        outcome = await client.complete(job("Hi"))
-    assert isinstance(outcome, Failed)
-    assert (outcome.status, outcome.code, outcome.attempts) == (401, "invalid_api_key", 1)
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        ("invalid_api_key", "unauthorized"),
+        ("model_access_denied", "forbidden"),
+        ("model_not_found", "model_not_found"),
+        ("insufficient_quota", "insufficient_quota"),
+    ],
+)
+async def test_a_provider_wide_failure_holds_the_job_instead_of_failing_it(
+    simulator: Simulator, error: str, cause: str
+) -> None:
+    """A bad key, a project without access, the default model missing, no quota: not the job's fault. The call
+    is held (the breaker opens, then probes) and the job completes once the provider answers again."""
+    recorder = Recorder()
+    simulator.app.outage.start(Outage(error=error, requests=3))  # type: ignore[arg-type]
+    async with client_for(simulator, observer=recorder) as client:
+        outcome = await client.complete(job("Hi", job_id=f"held-{error}"))
+        assert client.provider_available
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.attempts == 1, "held retries are not the job's attempts"
+    assert recorder.blocked[0] == cause and recorder.blocked[-1] is None, "opened for the cause, then closed"
+    assert simulator.stats().by_fault.get(f"outage_{error}") == 3
+
+
+async def test_a_refusal_that_repeats_after_others_got_through_is_the_jobs_own(simulator: Simulator) -> None:
+    """One job refused for no quota while the provider answers a fresh call: after the breaker closed, the same
+    refusal again is that job's failure (review), not a reason to hold everything for ever."""
+    recorder = Recorder()
+    async with client_for(simulator, observer=recorder) as client:
+        refused = asyncio.create_task(client.complete(job("Hi [[sim: insufficient_quota]]", job_id="refused")))
+        await until(lambda: not client.provider_available, "the breaker opened", within_s=5)
+        fresh = await asyncio.wait_for(client.complete(job("Hi", job_id="fresh")), 5)
+        outcome = await asyncio.wait_for(refused, 5)
+    assert isinstance(fresh, Completed), fresh
+    assert isinstance(outcome, Failed) and outcome.code == "insufficient_quota", outcome
+    assert simulator.stats().attempts_by_job["refused"] == 2, "refused, held, refused again after the probe"
+    assert recorder.blocked == ["insufficient_quota", None], "opened once, closed by the fresh call"
 
 
 async def test_the_observer_hears_every_attempt_and_retry(simulator: Simulator) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 
-from pipeline.client import ChatClient, ClientConfig
+from pipeline.client import ChatClient, ClientConfig, ModerationMode
 from pipeline.client.transport import AiohttpTransport, RawResponse, StreamingResponse, Timeouts
 from pipeline.outcomes import Completed
 from pipeline.secret import Secret
@@ -106,3 +107,44 @@ async def test_a_failing_moderation_call_becomes_a_moderation_error_never_clean(
     assert moderation.input.code == moderation.output.code == "moderation_http_500"
     assert outcome.attempts == 1  # the completion itself took one attempt
     assert simulator.stats().by_endpoint == {"/v1/chat/completions": 1, "/v1/moderations": 4}
+
+
+class HeldModerations:
+    """Real HTTP to the simulator, with every ``/moderations`` call held (``x-sim-fault: hang``) until its
+    client gives up; remembers the task each of those calls runs in."""
+
+    def __init__(self) -> None:
+        self._inner = AiohttpTransport(pool_size=8)
+        self.tasks: list[asyncio.Task[object]] = []
+        self.both_held = asyncio.Event()
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts) -> RawResponse:
+        if url.endswith("/moderations"):
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.append(task)
+            if len(self.tasks) == 2:
+                self.both_held.set()
+            headers = {**headers, "x-sim-fault": "hang"}
+        return await self._inner.post(url, headers, body, timeouts)
+
+    def stream(
+        self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts
+    ) -> AbstractAsyncContextManager[StreamingResponse]:
+        return self._inner.stream(url, headers, body, timeouts)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("mode", ["auto", "separate"])
+async def test_a_cancelled_call_leaves_no_moderation_task_behind(simulator: Simulator, mode: ModerationMode) -> None:
+    transport = HeldModerations()
+    config = ClientConfig(api_key=Secret(KEY), base_url=simulator.base_url, moderation_mode=mode)
+    async with ChatClient(config, transport=transport, sleep=Sleeps()) as client:
+        call = asyncio.create_task(client.complete(job(f"{PROMPT} [[sim:moderation_missing]]")))
+        await asyncio.wait_for(transport.both_held.wait(), timeout=30)  # the answer is in, both sides held
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert [task.done() for task in transport.tasks] == [True, True], "a moderation side outlived its call"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pipeline.outcomes import Completed
+from pipeline.routing import review_reason
 from pipeline.simulator import Simulator
 from schemas import Job, JobParams, UserMessage
 from schemas.chat import ModerationResults
+from schemas.topics import ModerationMissing, reason_kind
 from tests.fixtures.simulator import MakeSimulator
 from tests.integration.client_support import client_for, job
 
@@ -64,3 +66,33 @@ async def test_several_choices_stream_interleaved(simulator: Simulator) -> None:
     assert isinstance(outcome, Completed)
     assert [choice.index for choice in outcome.completion.choices] == [0, 1, 2]
     assert all(choice.message.content for choice in outcome.completion.choices)
+
+
+@pytest.mark.parametrize(
+    ("directives", "kind"),
+    [
+        ("flag_output, moderation_again_clean", "flagged"),
+        ("moderation_error_output, moderation_again_clean", "moderation_error"),
+        ("moderation_again_error", "moderation_error"),
+        ("moderation_before_content, flag_input, moderation_again_clean", "flagged"),
+    ],
+)
+async def test_a_second_moderation_chunk_never_makes_a_streamed_job_cleaner(
+    simulator: Simulator, directives: str, kind: str
+) -> None:
+    async with client_for(simulator, stream=True) as client:
+        outcome = await client.complete(job(f"{PROMPT} [[sim: {directives}]]"))
+    assert isinstance(outcome, Completed) and outcome.attempts == 1, "neither retried nor thrown away"
+    reason = review_reason(outcome)
+    assert reason is not None and reason_kind(reason) == kind
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fewer_output_moderation_results_than_choices_is_moderation_missing(
+    simulator: Simulator, stream: bool
+) -> None:
+    prompt = f"{PROMPT} [[sim: moderation_results_short]]"
+    async with client_for(simulator, stream=stream) as client:
+        outcome = await client.complete(Job(id="n3", messages=[UserMessage(content=prompt)], params=JobParams(n=3)))
+    assert isinstance(outcome, Completed) and len(outcome.completion.choices) == 3
+    assert isinstance(review_reason(outcome), ModerationMissing)

@@ -75,3 +75,40 @@ async def test_without_limits_no_ratelimit_headers(simulator: Any) -> None:
     async with httpx.AsyncClient(base_url=simulator.base_url, headers=AUTH) as client:
         response = await client.post("/chat/completions", json=chat_body())
     assert not [name for name in response.headers if name.startswith("x-ratelimit")]
+
+
+async def test_a_limit_enforced_over_one_second_windows(make_simulator: Any) -> None:
+    """3,000 requests/min over 1 s windows: 50 pass at once, the 51st is refused although the minute is far
+    from spent; the headers state the minute's limit and the window's bucket."""
+    clock = FakeClock()
+    sim = await make_simulator(rpm=3000, rate_window=1.0, clock=clock)
+    async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH) as client:
+        responses = [await client.post("/chat/completions", json=chat_body()) for _ in range(51)]
+        assert [r.status_code for r in responses] == [200] * 50 + [429]
+        assert {r.headers["x-ratelimit-limit-requests"] for r in responses} == {"3000"}
+        first, refused = responses[0], responses[-1]
+        assert (first.headers["x-ratelimit-remaining-requests"], first.headers["x-ratelimit-reset-requests"]) == (
+            "49",
+            "20ms",
+        )
+        assert (refused.headers["x-ratelimit-remaining-requests"], refused.headers["retry-after-ms"]) == ("0", "20")
+        assert refused.headers["x-ratelimit-reset-requests"] == "1s"
+        clock.now += 0.1
+        again = [await client.post("/chat/completions", json=chat_body()) for _ in range(6)]
+        assert [r.status_code for r in again] == [200] * 5 + [429]
+    assert sim.stats().rate_limited == {"requests": 2}
+
+
+async def test_a_tenth_of_a_second_window_reports_a_bucket_of_five(make_simulator: Any) -> None:
+    clock = FakeClock()
+    sim = await make_simulator(rpm=3000, tpm=1_000_000, rate_window=0.1, clock=clock)
+    async with httpx.AsyncClient(base_url=sim.base_url, headers=AUTH) as client:
+        statuses = [(await client.post("/chat/completions", json=chat_body())).status_code for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
+        clock.now += 1
+        answer = await client.post("/chat/completions", json=chat_body())
+    assert answer.headers["x-ratelimit-remaining-requests"] == "4"
+    assert answer.headers["x-ratelimit-reset-requests"] == "20ms"
+    # 1,000,000 tokens/min over 0.1 s: a bucket of 1,666 tokens, the prompt's few taken from it.
+    assert int(answer.headers["x-ratelimit-remaining-tokens"]) < 1666
+    assert answer.headers["x-ratelimit-limit-tokens"] == "1000000"

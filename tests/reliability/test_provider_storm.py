@@ -79,7 +79,7 @@ DIRECTIVES: dict[str, Expect] = {
     "500": Expect("api_error", exhausted=True),
     "truncated": Expect("api_error", exhausted=True),
     "stream_error": Expect("api_error", exhausted=True),
-    "insufficient_quota": Expect("api_error", code="insufficient_quota"),
+    "insufficient_quota*1": Expect("output"),  # provider-wide: held by the breaker, not the job's failure
     "context_length_exceeded": Expect("api_error", code="context_length_exceeded"),
     "malformed_json*1": Expect("api_error", failure="decode"),
     "moderation_unknown_type": Expect("api_error", failure="decode"),
@@ -170,6 +170,7 @@ async def _storm(
         PIPELINE_STREAM="true" if stream else "false",
         PIPELINE_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
         PIPELINE_READ_TIMEOUT_S="1",
+        PIPELINE_CALL_TIMEOUT_S="1",
         **QUICK_EVICTION,
     )
     async with Outputs(kafka, topics) as outputs:

@@ -62,7 +62,7 @@ from tests.reliability.support import (
 
 MAX_RESPONSE_BYTES = 32_768
 FAULTS = ["", "500*1", "429*1", "hang*1", "reset*1", "truncated", "malformed_json", "stream_error*1"]
-FAULTS += ["moderation_error_output", "moderation_unknown_type", "insufficient_quota", "500"]
+FAULTS += ["moderation_error_output", "moderation_unknown_type", "insufficient_quota*1", "500"]
 LEAKS = ["401", "403", "429", "500", "400", "redirect", "stream"]
 
 
@@ -89,6 +89,9 @@ def _jobs(marker: str) -> dict[str, bytes]:
 class LeakyProvider:
     def __init__(self) -> None:
         self.authorizations: list[str] = []
+        #: 401 and 403 are provider-wide (the client's breaker holds the call and probes): each is answered
+        #: once, then the job's next attempt gets the same leaky body as a 400, its own failure.
+        self._refused: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -111,6 +114,9 @@ class LeakyProvider:
         if leak == "429":
             headers["retry-after-ms"] = "1"
         status = int(leak)
+        if status in (401, 403):
+            status = 400 if leak in self._refused else status
+            self._refused.add(leak)
         message = f"Incorrect API key provided: {auth.removeprefix('Bearer ')} (header was {auth!r})"
         error = {"error": {"message": message, "type": "invalid_request_error", "param": auth, "code": auth}}
         return web.json_response(error, status=status, headers=headers)
@@ -190,6 +196,7 @@ async def test_the_key_and_the_prompts_stay_out_of_logs_errors_metrics_and_recor
         "PIPELINE_LOG_LEVEL": "DEBUG",
         "PIPELINE_MAX_ATTEMPTS": "2",
         "PIPELINE_READ_TIMEOUT_S": "1",
+        "PIPELINE_CALL_TIMEOUT_S": "1",
         "PIPELINE_MAX_RESPONSE_BYTES": str(MAX_RESPONSE_BYTES),
         **QUICK_EVICTION,
     }
@@ -199,6 +206,7 @@ async def test_the_key_and_the_prompts_stay_out_of_logs_errors_metrics_and_recor
         base_url=sim.base_url,
         max_attempts=2,
         read_timeout_s=1,
+        call_timeout_s=1,
         max_response_bytes=MAX_RESPONSE_BYTES,
     )
     recording = RecordingTransport(default_transport(config))

@@ -74,6 +74,7 @@ async def test_steady_load_with_faults_keeps_memory_and_descriptors_flat(
         PIPELINE_CONCURRENCY=str(CONCURRENCY),
         PIPELINE_MAX_ATTEMPTS="4",
         PIPELINE_READ_TIMEOUT_S="2",
+        PIPELINE_CALL_TIMEOUT_S="2",
         **QUICK_EVICTION,
     )
     count = int(MINUTES * 60 * PER_SECOND)

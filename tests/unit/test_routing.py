@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from pipeline.outcomes import Completed, Failed
@@ -27,7 +28,15 @@ from schemas.chat import (
     ModerationResults,
     Usage,
 )
-from schemas.topics import ApiFailure, ContentFiltered, Flagged, ModerationFailed, ModerationMissing
+from schemas.topics import (
+    ApiFailure,
+    ChoiceFinish,
+    ContentFiltered,
+    Flagged,
+    ModerationFailed,
+    ModerationMissing,
+    UnknownFinishReason,
+)
 
 SOURCE = Source(topic="prompts", partition=0, offset=7)
 JOB = Job(id="job-7", messages=[UserMessage(content="hello")], metadata={"tenant": "acme"})
@@ -151,6 +160,52 @@ def test_flagged_outranks_content_filter() -> None:
 
 def test_content_filter_finish_reason() -> None:
     assert review_reason(completed(finish_reason="content_filter")) == ContentFiltered(choices=[0])
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", "length", "tool_calls", "function_call"])
+def test_known_finish_reasons_keep_going_to_output(finish_reason: FinishReason) -> None:
+    routed = route(JOB, SOURCE, completed(finish_reason=finish_reason))
+    assert isinstance(routed, ToOutput) and routed.result.finish_reason == finish_reason
+
+
+def test_a_finish_reason_the_api_added_goes_to_review_with_the_paid_answer() -> None:
+    outcome = completed(finish_reason="safety_stop")
+    routed = route(JOB, SOURCE, outcome)
+    assert isinstance(routed, ToReview)
+    review = routed.review
+    assert review.reason == UnknownFinishReason(choices=[ChoiceFinish(index=0, finish_reason="safety_stop")])
+    assert review.completion == outcome.completion, "a paid answer is never thrown away"
+    assert (review.attempts, review.job) == (1, JOB)
+
+
+def test_content_reasons_outrank_an_unknown_finish_reason() -> None:
+    assert isinstance(review_reason(completed(results({"hate": 0.8}), finish_reason="safety_stop")), Flagged)
+    assert isinstance(review_reason(completed(moderation=False, finish_reason="safety_stop")), ModerationMissing)
+
+
+def with_choices(outcome: Completed, finish_reasons: list[str]) -> Completed:
+    message = ChatCompletionMessage(role="assistant", content="hi")
+    choices = [Choice(index=i, finish_reason=reason, message=message) for i, reason in enumerate(finish_reasons)]
+    return msgspec.structs.replace(outcome, completion=msgspec.structs.replace(outcome.completion, choices=choices))
+
+
+def test_each_choice_with_an_unknown_finish_reason_is_named_after_content_filter() -> None:
+    outcome = completed(output=ModerationResults(model="m", results=results().results * 4))
+    mixed = with_choices(outcome, ["stop", "safety_stop", "content_filter", "paused"])
+    assert review_reason(mixed) == ContentFiltered(choices=[2])
+    unknown = with_choices(outcome, ["stop", "safety_stop", "length", "paused"])
+    assert review_reason(unknown) == UnknownFinishReason(
+        choices=[ChoiceFinish(index=1, finish_reason="safety_stop"), ChoiceFinish(index=3, finish_reason="paused")]
+    )
+
+
+def test_fewer_output_results_than_choices_is_moderation_missing() -> None:
+    one = results()
+    outcome = with_choices(completed(output=one), ["stop", "stop"])
+    reason = review_reason(outcome)
+    assert reason == ModerationMissing(detail="output moderation has 1 result(s) for 2 choices")
+    every_choice = ModerationResults(model="m", results=one.results * 2)
+    assert review_reason(with_choices(completed(output=every_choice), ["stop", "stop"])) is None
 
 
 def test_flagged_without_a_category_is_still_flagged() -> None:

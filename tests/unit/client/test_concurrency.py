@@ -102,3 +102,87 @@ async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
     slot = await asyncio.wait_for(limiter.acquire(), timeout=1)
     assert limiter.in_flight == 1
     limiter.release(slot, "neutral")
+
+
+async def test_several_releases_in_one_tick_admit_no_more_than_the_limit() -> None:
+    """The slot is taken at hand-off: releasing four slots in one event-loop turn wakes four waiters, and
+    they count as in flight before they even resume (counting them on resume let a limit of 4 admit 10)."""
+    limiter = AdaptiveConcurrency(AimdParams(max_limit=4))
+    slots = [await limiter.acquire() for _ in range(4)]
+    admitted: list[int] = []
+
+    async def wait(number: int) -> None:
+        await limiter.acquire()
+        admitted.append(number)
+
+    waiters = [asyncio.create_task(wait(number)) for number in range(6)]
+    await asyncio.sleep(0)
+    for slot in slots:  # one tick: no waiter runs in between
+        limiter.release(slot, "success", 0.1)
+    assert limiter.in_flight == 4
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert admitted == [0, 1, 2, 3]
+    assert limiter.in_flight == 4
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def test_after_a_cut_calls_in_flight_drain_to_the_new_limit_before_anyone_is_admitted() -> None:
+    limiter = AdaptiveConcurrency(AimdParams(max_limit=10))
+    slots = [await limiter.acquire() for _ in range(10)]
+    waiters = [asyncio.create_task(limiter.acquire()) for _ in range(10)]
+    await asyncio.sleep(0)
+    limiter.release(slots[0], "overload")  # 10 -> 7
+    seen = [limiter.in_flight]
+    for slot in slots[1:]:
+        limiter.release(slot, "neutral")
+        seen.append(limiter.in_flight)
+    await asyncio.sleep(0)
+    assert limiter.limit == 7
+    assert seen == [9, 8, 7, 7, 7, 7, 7, 7, 7, 7]  # then each release hands its slot on
+    assert sum(waiter.done() for waiter in waiters) == 7
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def test_a_gentle_start_holds_the_initial_limit_until_opened() -> None:
+    changes: list[int] = []
+    limiter = AdaptiveConcurrency(AimdParams(max_limit=64, initial_limit=2), on_limit=changes.append)
+    for _ in range(5):  # successes alone do not open it: the pacer does, once it has heard the provider
+        await _round(limiter, 0.1)
+    assert (limiter.limit, limiter.starting) == (2, True)
+    limiter.open()
+    assert (limiter.limit, limiter.starting) == (64, False)
+    assert changes == [64]
+
+
+async def test_an_overload_during_the_start_ends_it() -> None:
+    limiter = AdaptiveConcurrency(AimdParams(max_limit=64, initial_limit=10))
+    limiter.release(await limiter.acquire(), "overload")
+    assert (limiter.limit, limiter.starting) == (7, False)
+    limiter.open()  # the limits arriving later do not undo the cut
+    assert limiter.limit == 7
+
+
+async def test_a_timeout_cuts_only_while_latency_is_growing() -> None:
+    """A call that simply runs long (a reasoning model at high effort) says nothing about the provider's load;
+    timeouts while the answers that do come take ever longer do."""
+    limiter = AdaptiveConcurrency(AimdParams(max_limit=100))
+    for _ in range(5):
+        await _round(limiter, 0.1)
+    limiter.release(await limiter.acquire(), "timeout")
+    assert limiter.limit == 100
+    slots = [await limiter.acquire() for _ in range(100)]
+    for slot in slots[:20]:  # answers slow down tenfold
+        limiter.release(slot, "success", 1.0)
+    cut = limiter.limit
+    assert cut < 100
+    limiter.release(slots[20], "timeout")  # sent before that cut: the same generation, no second cut
+    assert limiter.limit == cut
+    for slot in slots[21:]:
+        limiter.release(slot, "neutral")
+    limiter.release(await limiter.acquire(), "timeout")
+    assert limiter.limit == int(cut * 0.7)

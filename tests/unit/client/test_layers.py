@@ -14,8 +14,9 @@ LAYERS: list[set[str]] = [
     {"chat"},
     {"request", "moderation_modes"},
     {"config", "exchange", "pacing"},
-    {"retries", "streaming", "moderation", "concurrency", "ratelimit", "tokens"},
-    {"failures", "transport", "timing"},
+    {"retries", "breaker", "streaming", "moderation", "concurrency", "ratelimit", "tokens"},
+    {"failures", "transport", "timing", "lanes"},
+    {"responses"},
 ]
 
 

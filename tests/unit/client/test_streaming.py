@@ -9,8 +9,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.client.failures import AttemptFailure
-from pipeline.client.streaming import ChunkAssembler, SseDecoder, SseEvent, read_stream
-from schemas.chat import ChatCompletion, ModerationError, ModerationResults
+from pipeline.client.streaming import ChunkAssembler, SseDecoder, SseEvent, read_stream, worse_moderation
+from pipeline.outcomes import Completed
+from pipeline.routing import Thresholds, review_reason
+from schemas.chat import (
+    ChatCompletion,
+    ChatCompletionMessage,
+    Choice,
+    Moderation,
+    ModerationError,
+    ModerationResult,
+    ModerationResults,
+)
+from schemas.topics import Flagged, ModerationFailed, ModerationMissing
 
 MODERATION_CLEAN = {
     "input": {"type": "moderation_results", "model": "omni", "results": []},
@@ -131,16 +142,121 @@ async def test_moderation_on_a_chunk_with_choices_is_captured() -> None:
     assert completion.moderation is not None
 
 
-async def test_a_later_moderation_replaces_an_earlier_one_and_a_null_one_does_not() -> None:
+def verdict(scores: dict[str, float], *flagged: str) -> dict[str, object]:
+    return {
+        "type": "moderation_result",
+        "model": "omni",
+        "categories": {name: name in flagged for name in scores},
+        "category_applied_input_types": {name: ["text"] for name in scores},
+        "category_scores": scores,
+        "flagged": bool(flagged),
+    }
+
+
+def moderation(*output: dict[str, object], error: bool = False) -> dict[str, object]:
+    """Clean input; the output side an error, or results with these verdicts."""
+    side = (
+        {"type": "error", "code": "moderation_unavailable", "message": "later"}
+        if error
+        else {"type": "moderation_results", "model": "omni", "results": list(output)}
+    )
+    return {"input": {"type": "moderation_results", "model": "omni", "results": [CLEAN]}, "output": side}
+
+
+CLEAN = verdict({"violence": 0.0001, "hate": 0.0002})
+FLAGGED = verdict({"violence": 0.93, "hate": 0.0002}, "violence")
+
+
+async def assembled_moderation(*moderations: dict[str, object]) -> Moderation:
+    completion = await completed(*CONTENT, *(chunk(moderation=m) for m in moderations), chunk(moderation=None), DONE)
+    assert completion.moderation is not None
+    return completion.moderation
+
+
+async def test_a_clean_moderation_chunk_after_a_flagged_one_does_not_clean_the_job() -> None:
+    merged = await assembled_moderation(moderation(FLAGGED), moderation(CLEAN))
+    assert isinstance(merged.output, ModerationResults)
+    (result,) = merged.output.results
+    assert result.flagged and result.categories["violence"] and result.category_scores["violence"] == 0.93
+    assert isinstance(review_reason(completed_with(merged)), Flagged)
+
+
+async def test_a_moderation_error_sticks_whichever_chunk_brings_it() -> None:
+    for order in [(moderation(error=True), moderation(CLEAN)), (moderation(CLEAN), moderation(error=True))]:
+        merged = await assembled_moderation(*order)
+        assert isinstance(merged.output, ModerationError)
+        assert isinstance(review_reason(completed_with(merged)), ModerationFailed)
+
+
+async def test_an_empty_result_list_sticks_so_the_job_stays_missing_moderation() -> None:
+    merged = await assembled_moderation(moderation(), moderation(CLEAN))
+    assert isinstance(merged.output, ModerationResults) and merged.output.results == []
+
+
+async def test_results_merge_choice_by_choice_and_a_choice_left_without_one_stays_without() -> None:
+    merged = await assembled_moderation(moderation(CLEAN, FLAGGED), moderation(FLAGGED, CLEAN))
+    assert isinstance(merged.output, ModerationResults)
+    assert [result.flagged for result in merged.output.results] == [True, True]
+    short = await assembled_moderation(moderation(CLEAN, CLEAN), moderation(CLEAN))
+    assert isinstance(review_reason(completed_with(short, choices=2)), ModerationMissing)
+
+
+SCORES = st.dictionaries(st.sampled_from(["violence", "hate", "sexual"]), st.floats(0, 1), min_size=1)
+RESULTS = st.builds(
+    lambda scores, flag: ModerationResult(
+        categories={name: flag and score >= 0.5 for name, score in scores.items()},
+        category_applied_input_types={name: ["text"] for name in scores},
+        category_scores=scores,
+        flagged=flag and max(scores.values()) >= 0.5,
+        model="omni",
+    ),
+    SCORES,
+    st.booleans(),
+)
+SIDES = st.one_of(
+    st.builds(lambda results: ModerationResults(model="omni", results=results), st.lists(RESULTS, max_size=3)),
+    st.just(ModerationError(code="moderation_unavailable", message="later")),
+)
+MODERATIONS = st.builds(Moderation, input=SIDES, output=SIDES)
+THRESHOLDS = st.builds(
+    Thresholds,
+    any_category=st.none() | st.floats(0.01, 1),
+    per_category=st.dictionaries(st.sampled_from(["violence", "hate", "sexual"]), st.floats(0.01, 1)),
+)
+
+
+@given(MODERATIONS, MODERATIONS, THRESHOLDS)
+def test_two_moderation_chunks_route_at_least_as_strictly_as_either_alone(
+    first: Moderation, second: Moderation, thresholds: Thresholds
+) -> None:
+    merged = worse_moderation(first, second)
+    for alone in (first, second):
+        if review_reason(completed_with(alone, choices=2), thresholds) is not None:
+            assert review_reason(completed_with(merged, choices=2), thresholds) is not None
+
+
+def completed_with(moderation: Moderation, choices: int = 1) -> Completed:
+    message = ChatCompletionMessage(role="assistant", content="Hello")
+    completion = ChatCompletion(
+        id="chatcmpl-1",
+        object="chat.completion",
+        created=1,
+        model="gpt-test",
+        choices=[Choice(index=i, finish_reason="stop", message=message) for i in range(choices)],
+        moderation=moderation,
+    )
+    return Completed(completion=completion, attempts=1, latency_ms=1.0)
+
+
+async def test_finish_reasons_tiers_and_roles_the_api_adds_pass_through_a_stream() -> None:
     completion = await completed(
-        chunk(moderation=MODERATION_CLEAN),
-        *CONTENT,
-        chunk(moderation=MODERATION_ERROR_OUTPUT),
-        chunk(moderation=None),
+        chunk([delta(role="critic", content="Hi")], service_tier="priority_plus"),
+        chunk([delta(finish="safety_stop")], service_tier="priority_plus"),
         DONE,
     )
-    assert completion.moderation is not None
-    assert isinstance(completion.moderation.output, ModerationError)
+    assert completion.service_tier == "priority_plus"
+    assert completion.choices[0].finish_reason == "safety_stop"
+    assert completion.choices[0].message.content == "Hi"
 
 
 async def test_a_stream_without_moderation_assembles_without_it() -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
+from pipeline.backoff import Backoff
 from pipeline.client import ChatClient, ClientConfig
 from pipeline.client.transport import HttpxTransport
 from pipeline.outcomes import Completed, Failed, Outcome
@@ -63,6 +64,7 @@ def client_for(handler: Handler, sleeps: Sleeps, **config: object) -> ChatClient
     client_config = ClientConfig(**settings)  # type: ignore[arg-type]
     return ChatClient(
         client_config,
+        probe_backoff=Backoff(0.01, 0.01, jitter=0.0),
         transport=HttpxTransport(httpx.MockTransport(handler), max_response_bytes=client_config.max_response_bytes),
         sleep=sleeps,
         wall_clock=lambda: WALL_CLOCK,
@@ -161,11 +163,11 @@ async def test_x_should_retry_true_is_obeyed() -> None:
     assert len(seen) == 2
 
 
-async def test_insufficient_quota_is_not_retried() -> None:
-    handler, _ = scripted(error(429, "quota", type="insufficient_quota", code="insufficient_quota"))
-    outcome, _ = await run(handler)
-    assert isinstance(outcome, Failed)
-    assert (outcome.attempts, outcome.code, outcome.error_type) == (1, "insufficient_quota", "insufficient_quota")
+async def test_insufficient_quota_is_not_retried_as_a_rate_but_holds_the_call_until_the_provider_answers() -> None:
+    handler, seen = scripted(error(429, "quota", type="insufficient_quota", code="insufficient_quota"), ok())
+    outcome, sleeps = await run(handler)
+    assert isinstance(outcome, Completed) and outcome.attempts == 1
+    assert len(seen) == 2 and sleeps == [], "no retry backoff: the probe went when the breaker let it"
 
 
 async def test_attempts_are_bounded_by_max_attempts() -> None:
@@ -189,10 +191,8 @@ async def test_rate_limit_headers_teach_the_limits() -> None:
     sleeps = Sleeps()
     async with client_for(handler, sleeps) as client:
         await client.complete(JOB)
-        requests = client.rate_limiter.bucket("requests")
-        tokens = client.rate_limiter.bucket("tokens")
-        assert requests is not None and requests.capacity == 500
-        assert tokens is not None and tokens.capacity == 30000
+        lanes = client.rate_limiter.limits(client.config.model).lanes
+        assert (lanes["requests"].per_minute, lanes["tokens"].per_minute) == (500, 30000)
 
 
 async def test_a_redirect_is_not_followed() -> None:
@@ -221,7 +221,7 @@ async def test_a_chunked_body_over_the_cap_is_cut_off() -> None:
 
 
 async def test_a_server_echoing_the_key_does_not_put_it_in_the_outcome() -> None:
-    handler, _ = scripted(error(401, f"Incorrect API key provided: {KEY}", code="invalid_api_key"))
+    handler, _ = scripted(error(400, f"Bad request for key {KEY}", code="invalid_request"))
     outcome, _ = await run(handler)
     assert isinstance(outcome, Failed)
     assert KEY not in outcome.message

@@ -83,3 +83,14 @@ def test_a_toml_file_sets_options_under_flags_and_environment(monkeypatch: pytes
     config_file.write_text('[pipeline_sim]\nlatenc = "fixed:20"\n')
     with pytest.raises(ValueError, match=r"unknown setting pipeline_sim\.latenc"):
         cli.config_from_args(parser.parse_args(["--config", str(config_file)]))
+
+
+def test_the_rate_window_is_an_option_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config_from_env({"PIPELINE_SIM_RATE_WINDOW": "0.1"}).rate_window == 0.1
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["simulate", "--rpm", "3000", "--rate-window", "1"])
+    assert cli.config_from_args(args).rate_window == 1.0
+    for bad in (0, -1, 61):
+        with pytest.raises(ValueError, match="rate_window"):
+            with_values(SimulatorConfig(), {"rate_window": bad})

@@ -64,3 +64,24 @@ def test_merging_keeps_both_rule_lists_and_the_first_option() -> None:
     assert [rule.fault for rule in merged.rules] == ["500", "429"]
     assert merged.latency_ms == 10
     assert merged.flag_output == "violence"
+
+
+def test_values_the_api_may_add_parse_as_given() -> None:
+    found = parse_directives("finish_reason=safety_stop, service_tier=priority_plus, annotation=file_citation")
+    assert (found.finish_reason, found.service_tier, found.annotation) == (
+        "safety_stop",
+        "priority_plus",
+        "file_citation",
+    )
+    assert found.rules == ()
+
+
+@pytest.mark.parametrize("text", ["finish_reason=", "service_tier=two words", "annotation=a/b", "finish_reason"])
+def test_a_value_option_without_a_plain_value_is_refused(text: str) -> None:
+    with pytest.raises(DirectiveError):
+        parse_directives(text)
+
+
+def test_value_options_merge_like_the_others() -> None:
+    merged = parse_directives("service_tier=flex").merged_with(parse_directives("service_tier=scale, finish_reason=x"))
+    assert (merged.service_tier, merged.finish_reason) == ("flex", "x")

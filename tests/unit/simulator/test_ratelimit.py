@@ -96,3 +96,58 @@ def test_a_request_larger_than_the_limit_is_refused() -> None:
     limiter = RateLimiter(rpm=None, tpm=100, clock=FakeClock())
     refusal = limiter.admit(150)
     assert refusal is not None and refusal.requested == 150 and refusal.limit == 100
+
+
+def test_a_short_window_holds_only_its_share_of_the_minute() -> None:
+    """3,000/min over 1 s windows: 50 at once, then 50 a second; remaining and reset describe that bucket."""
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=3000, tpm=None, clock=clock, window_s=1.0)
+    assert [limiter.admit(1) for _ in range(50)] == [None] * 50
+    refusal = limiter.admit(1)
+    assert refusal is not None
+    assert (refusal.limit, refusal.used) == (3000, 50)
+    assert refusal.retry_after_s == pytest.approx(0.02)
+    assert limiter.headers() == {
+        "x-ratelimit-limit-requests": "3000",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    clock.now += 0.1
+    assert [limiter.admit(1) for _ in range(5)] == [None] * 5
+    assert limiter.admit(1) is not None
+    clock.now += 10
+    headers = limiter.headers()
+    assert (headers["x-ratelimit-remaining-requests"], headers["x-ratelimit-reset-requests"]) == ("50", "0s")
+
+
+def test_a_tenth_of_a_second_window_admits_five_of_three_thousand_a_minute() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=3000, tpm=None, clock=clock, window_s=0.1)
+    assert [limiter.admit(1) is None for _ in range(6)] == [True] * 5 + [False]
+    limiter.admit(1)
+    clock.now += 0.02
+    assert limiter.admit(1) is None
+    headers = limiter.headers()
+    # The bucket's capacity can be read back from the headers: remaining + reset x limit / 60.
+    assert (headers["x-ratelimit-remaining-requests"], headers["x-ratelimit-reset-requests"]) == ("0", "100ms")
+
+
+def test_a_request_larger_than_the_window_waits_for_a_full_bucket_and_leaves_a_debt() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=6000, clock=clock, window_s=1.0)  # 100 tokens a window
+    assert limiter.admit(10) is None
+    refusal = limiter.admit(250)
+    assert refusal is not None and refusal.retry_after_s == pytest.approx(0.1)  # until the bucket is full
+    clock.now += 0.1
+    assert limiter.admit(250) is None
+    assert limiter.headers()["x-ratelimit-remaining-tokens"] == "0"
+    assert limiter.admit(1) is not None
+    clock.now += 2.5  # the debt of 150 refilled (1.5 s), then the window's 100 again (1 s)
+    assert limiter.admit(100) is None
+
+
+def test_a_window_longer_than_a_minute_or_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="window"):
+        TokenBucket(60, FakeClock(), window_s=0)
+    with pytest.raises(ValueError, match="window"):
+        TokenBucket(60, FakeClock(), window_s=61)

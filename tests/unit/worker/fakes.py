@@ -65,6 +65,7 @@ class FakeConsumer:
         #: Raised by every fetch while set.
         self.fetch_error: Exception | None = None
         self.fetch_failures = 0
+        self.fetch_calls = 0
         self.stopped = False
         self._assigned: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
@@ -92,6 +93,7 @@ class FakeConsumer:
     async def getmany(
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self.fetch_calls += 1
         if self.fetch_error is not None:
             self.fetch_failures += 1
             raise self.fetch_error
@@ -276,6 +278,11 @@ class HeldClient:
     started: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     release_all: bool = False
+    provider_available: bool = True
+
+    @property
+    def takes_new_jobs(self) -> bool:
+        return self.provider_available
 
     async def complete(self, job: Job) -> Outcome:
         self.started.append(job.id)

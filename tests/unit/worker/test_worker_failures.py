@@ -285,3 +285,19 @@ async def test_fetches_that_keep_failing_with_a_passing_error_stop_the_worker_in
         await until(lambda: r.consumer.committed_offset(TP0) == 1, "fetching again")
         r.consumer.fetch_error = KafkaConnectionError("broker away for good")
         assert "fetching" in await failed_with(r)
+
+
+async def test_while_the_provider_refuses_every_call_nothing_is_fetched_and_the_worker_is_not_ready() -> None:
+    async with rig(max_poll_interval_ms=4000, revoke_timeout_s=1.0) as r:  # a keep-alive poll every second
+        r.client.open()
+        await start(r)
+        r.client.provider_available = False  # its breaker opened: a bad key, no quota…
+        await until(lambda: TP0 in r.consumer.paused(), "fetching paused")
+        assert r.worker.ready is False and r.worker.alive
+        publish(r, ["waits"])
+        polls = r.consumer.fetch_calls
+        await until(lambda: r.consumer.fetch_calls > polls, "the consumer still polled (it stays in its group)")
+        assert r.client.started == [], "nothing fetched for a provider that refuses every call"
+        r.client.provider_available = True
+        await until(lambda: r.consumer.committed_offset(TP0) == 1, "resumed once the provider answers")
+        assert r.worker.ready
