@@ -148,7 +148,9 @@ class PartitionStarts:
                 extra={"partitions": _names(new)},
             )
         elif new:
-            log.warning(
+            # From the first record nothing is skipped (a new group, as expected); from the log end records are.
+            log.log(
+                logging.INFO if self._reset == "earliest" else logging.WARNING,
                 "partitions without a committed offset start at the "
                 + ("first record" if self._reset == "earliest" else "log end"),
                 extra={"partitions": _names(new), "detail": f"PIPELINE_AUTO_OFFSET_RESET={self._reset}"},
