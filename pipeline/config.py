@@ -171,6 +171,8 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     input_topic: str = "prompts"
     output_topic: str = "completions"
     review_topic: str = "review"
+    #: The review console's decisions: its source of truth and audit log (see ``schemas.decisions``).
+    decisions_topic: str = "review-decisions"
     group_id: str = "pipeline"
     #: Static membership (KIP-345): a member that restarts within the session timeout keeps its partitions.
     group_instance_id: str | None = None
@@ -201,6 +203,11 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_INPUT_TOPIC", "input_topic", "topic the prompt jobs are read from"),
     Option("PIPELINE_OUTPUT_TOPIC", "output_topic", "topic clean completions are written to"),
     Option("PIPELINE_REVIEW_TOPIC", "review_topic", "topic everything else is written to, with a reason"),
+    Option(
+        "PIPELINE_DECISIONS_TOPIC",
+        "decisions_topic",
+        "topic of the review console's decisions (its source of truth and audit log)",
+    ),
     Option("PIPELINE_GROUP_ID", "group_id", "consumer group shared by all workers"),
     Option(
         "PIPELINE_GROUP_INSTANCE_ID",

@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from schemas.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from schemas.decisions import DecisionRecord
 from schemas.topics import Job, Result, Review
 
 DEFAULT_DIR: Final = Path(__file__).parent / "json"
@@ -21,6 +22,10 @@ CONTRACTS: Final[dict[str, tuple[Any, str]]] = {
     "job.json": (Job, "A prompt job on the input topic (default `prompts`)."),
     "result.json": (Result, "A clean completion on the output topic (default `completions`)."),
     "review.json": (Review, "A job for review on the review topic (default `review`), with a typed reason."),
+    "review-decision.json": (
+        DecisionRecord,
+        "A record on the review-decisions topic (default `review-decisions`), a tagged union on `type`.",
+    ),
     "chat-completion-request.json": (ChatCompletionRequest, "POST /v1/chat/completions request body."),
     "chat-completion.json": (ChatCompletion, "POST /v1/chat/completions response body."),
     "chat-completion-chunk.json": (ChatCompletionChunk, "One streamed chat completion chunk."),

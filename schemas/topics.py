@@ -82,6 +82,22 @@ class Result(Wire, frozen=True):
     latency_ms: float
     completion_id: str
     source: Source
+    #: Set when a reviewer released this completion from review (``approve`` in the review console).
+    approval: Approval | None = None
+
+
+class Approval(Wire, frozen=True):
+    """Who released a reviewed completion to the output topic, when (epoch ms) and why."""
+
+    reviewer: str
+    at: int
+    #: ``topic/partition/offset`` of the decision record on the review-decisions topic.
+    decision_id: str
+    #: Where the review record was, and why it was there.
+    review: Source
+    review_reason: str
+    reason: str | None = None
+    note: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pipeline.broker import EmbeddedBroker
 from pipeline.client import DEFAULT_BASE_URL, ChatClient
 from pipeline.commands.common import CliError, partitions_of, run_async
 from pipeline.commands.demo_report import Tally, print_summary, summary
+from pipeline.commands.demo_review import DECISIONS_TOPIC, serve_review_console
 from pipeline.config import ConfigError
 from pipeline.kafka import KafkaSettings, ensure_topics, make_consumer, make_producer, seek_to_log_start
 from pipeline.logs import configure_logging
@@ -176,7 +177,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             if not simulated:
                 print("real provider: the simulator-only routes are left out of the sample set")
             print(f"embedded broker on {broker.bootstrap_servers}, {where}, {args.workers} worker(s)")
-        await ensure_topics(kafka, ["prompts", *topics.values()], partitions=max(6, args.workers))
+        await ensure_topics(kafka, ["prompts", *topics.values(), DECISIONS_TOPIC], partitions=max(6, args.workers))
         env = {
             **DEMO_WORKER_ENV,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -191,11 +192,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.timeout
         async with _workers(args.workers, env, log_path):
             tally = await collect(kafka, topics, len(samples), published_ms, deadline)
-    report = summary(tally, samples, started_ms, args.workers, args.provider)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print_summary(report, tally, samples)
+            report = summary(tally, samples, started_ms, args.workers, args.provider)
+            if args.json:
+                print(json.dumps(report))
+            else:
+                print_summary(report, tally, samples)
+            if args.review:
+                await serve_review_console(kafka, args.review_port)
     if tally.handled < len(samples):
         print(
             f"pipeline demo: only {tally.handled} of {len(samples)} jobs were handled within {args.timeout:g}s "
@@ -257,4 +260,10 @@ def add_parser(commands: Any) -> None:
     demo.add_argument("--faults", help="simulator faults, e.g. '500@0.02,429@0.05'")
     demo.add_argument("--provider", choices=["simulator", "openai"], default="simulator")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    demo.add_argument(
+        "--review",
+        action="store_true",
+        help="then leave the review console running on the demo's data (prints its address and a token)",
+    )
+    demo.add_argument("--review-port", type=int, default=8090, help="the console's port with --review (0: any)")
     demo.set_defaults(handler=demo_command)

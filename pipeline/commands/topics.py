@@ -1,4 +1,5 @@
-"""``pipeline topics create|describe``: the three topics, idempotently; partitions, ends, the group's lag."""
+"""``pipeline topics create|describe``: the pipeline's topics (input, output, review and the review console's
+decisions), idempotently; partitions, ends, the group's lag."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ DEFAULT_PARTITIONS = 6
 
 async def create_topics(args: argparse.Namespace) -> int:
     common = load_common(args)
-    names = [common.worker.input_topic, common.worker.output_topic, common.worker.review_topic]
+    # The decisions topic is an audit log: a normal topic, never compacted (every record is kept).
+    names = [
+        common.worker.input_topic,
+        common.worker.output_topic,
+        common.worker.review_topic,
+        common.worker.decisions_topic,
+    ]
     configs: dict[str, str] = {}
     if args.retention_ms is not None:
         configs["retention.ms"] = str(args.retention_ms)
@@ -114,16 +121,16 @@ async def _high_watermarks(consumer: Any, partitions: list[Any]) -> dict[Any, in
 def add_parser(commands: Any) -> None:
     topics = commands.add_parser(
         "topics",
-        help="create or describe the input, output and review topics",
-        description="Create the pipeline's three topics (idempotent), or show their partitions, end offsets and "
-        "the consumer group's committed offsets and lag.",
+        help="create or describe the pipeline's topics",
+        description="Create the pipeline's topics: input, output, review and review-decisions (idempotent), or "
+        "show their partitions, end offsets and the consumer group's committed offsets and lag.",
         epilog="examples:\n  pipeline topics create --partitions 12\n  pipeline topics describe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser(
         "create",
-        help="create the three topics if missing",
+        help="create the topics if missing",
         epilog="example: pipeline topics create --partitions 12 --replication-factor 3 --retention-ms 604800000",
     )
     create.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions per topic")

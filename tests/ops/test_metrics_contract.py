@@ -1,9 +1,13 @@
-"""The alert rules and the dashboard name only metrics and labels a running worker exports, and the probe paths
-and healthchecks the deployment files use answer on a running worker.
+"""The alert rules and the dashboard name only metrics and labels a running worker or a running review console
+exports, and the probe paths and healthchecks the deployment files use answer on a running worker.
 
 One worker runs in this process against the broker fixture and the simulator, with jobs that take every
 kind of route (clean, flagged, retried after 503 and 429, failed, invalid) so that every labelled series
 exists; its /metrics is scraped over HTTP from the same HealthServer ``pipeline run`` uses.
+
+One review console runs as ``pipeline review serve`` runs it (a ReviewService under the web app) over review
+records of several reasons, with decisions made through its JSON API (an approve the applier publishes, a
+reject); its /metrics is scraped over HTTP too.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import socket
 import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from pipeline.kafka import KafkaSettings
 from pipeline.metrics import HealthServer
+from pipeline.review.accounts import Accounts, add_reviewer
+from pipeline.review.service import ReviewService
+from pipeline.review.web import make_app, running
 from pipeline.simulator import Simulator
 from tests.fixtures.broker import Broker
 from tests.fixtures.env import child_env
@@ -33,6 +41,8 @@ from tests.integration.harness import (
     running_worker,
     worker_settings,
 )
+from tests.integration.review.support import ReviewTopics, publish_reviews
+from tests.integration.review.support import create_topics as create_review_topics
 from tests.ops.support import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -47,6 +57,7 @@ from tests.ops.support import (
     recorded_names,
     rules,
 )
+from tests.unit.review.decision_builders import api_error, flagged, invalid
 
 JOBS = [
     job("ops-clean", "Write a haiku about tea."),
@@ -56,6 +67,9 @@ JOBS = [
     job("ops-failed", "Hello [[sim: 500]]"),
     b'{"id": "ops-invalid", "messages": []}',
 ]
+#: Review records of three reasons for the console's queue; two get decided through its API.
+REVIEWS = [flagged("ops-approved"), flagged("ops-rejected"), flagged("ops-open"), api_error("ops-failed"), invalid(3)]
+DECISIONS = {"ops-approved": "approve", "ops-rejected": "reject"}
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = frozenset({"job", "instance"})
 #: Exported but deliberately on neither the dashboard nor an alert.
@@ -158,9 +172,47 @@ async def scrape_running_worker(bootstrap_servers: str) -> LiveWorker:
     return LiveWorker(Exposition.parse(text), statuses, healthcheck_live, healthcheck_closed, simulator_healthcheck)
 
 
+async def scrape_running_console(bootstrap_servers: str, directory: Path) -> Exposition:
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    topics = ReviewTopics.named(f"ops{uuid.uuid4().hex[:8]}")
+    await create_review_topics(kafka, topics, partitions=2)
+    await publish_reviews(kafka, topics.review, REVIEWS)
+    accounts_file = directory / "reviewers.json"
+    token = add_reviewer(accounts_file, "ops", admin=True)
+    async with ReviewService(kafka, topics.worker(), ready_timeout_s=30) as service:
+        app = make_app(service.desk, Accounts(accounts_file), metrics=service.metrics.exposition)
+        async with running(app, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+            bearer = {"Authorization": f"Bearer {token}"}
+            for key, decision in DECISIONS.items():
+                async with http.post(
+                    f"{url}/api/v1/items/{key}/decision", json={"decision": decision}, headers=bearer
+                ) as r:
+                    assert r.status == 200, await r.text()
+            desk = service.desk
+            await desk.follower.wait_until(
+                lambda: (item := desk.item("ops-approved")) is not None and item.applied is not None, 30
+            )
+            async with http.get(f"{url}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+    return Exposition.parse(text)
+
+
 @pytest.fixture(scope="module")
 def live(kafka_broker: Broker) -> LiveWorker:
     return asyncio.run(scrape_running_worker(kafka_broker.bootstrap_servers))
+
+
+@pytest.fixture(scope="module")
+def live_console(kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Exposition:
+    return asyncio.run(scrape_running_console(kafka_broker.bootstrap_servers, tmp_path_factory.mktemp("console")))
+
+
+@pytest.fixture(scope="module")
+def exported(live: LiveWorker, live_console: Exposition) -> Exposition:
+    """What Prometheus scrapes from both: the worker's metrics and the review console's."""
+    worker = live.exposition
+    return Exposition({**worker.samples, **live_console.samples}, {**worker.types, **live_console.types})
 
 
 def recorded_labels() -> dict[str, set[str]]:
@@ -173,14 +225,14 @@ def recorded_labels() -> dict[str, set[str]]:
     return labels
 
 
-def series_labels(name: str, live: LiveWorker) -> set[str] | None:
+def series_labels(name: str, exported: Exposition) -> set[str] | None:
     """The labels a series name has in Prometheus: exported ones plus the target's; ``None`` if unknown."""
     if name == "up":
         return set(TARGET_LABELS)
     if name in recorded_names():
         return recorded_labels()[name]
-    exported = live.exposition.samples.get(name)
-    return None if exported is None else set(exported | TARGET_LABELS)
+    labels = exported.samples.get(name)
+    return None if labels is None else set(labels | TARGET_LABELS)
 
 
 def test_the_scrape_saw_every_route_so_labelled_series_exist(live: LiveWorker) -> None:
@@ -196,22 +248,39 @@ def test_the_scrape_saw_every_route_so_labelled_series_exist(live: LiveWorker) -
         assert name in samples, f"{name} has no series in the scrape: the jobs did not exercise it"
 
 
-def test_every_metric_in_the_rules_and_the_dashboard_is_exported(live: LiveWorker) -> None:
+def test_the_console_scrape_has_every_review_series(live_console: Exposition) -> None:
+    samples = live_console.samples
+    for name in (
+        "pipeline_review_decisions_total",
+        "pipeline_review_applied_total",
+        "pipeline_review_queue_items",
+        "pipeline_review_oldest_undecided_age_seconds",
+    ):
+        assert name in samples, f"{name} has no series in the console's scrape"
+
+
+def test_the_worker_and_the_console_export_different_metrics(live: LiveWorker, live_console: Exposition) -> None:
+    assert not set(live.exposition.types) & set(live_console.types), (
+        "a name both export would mix two meanings in Prometheus"
+    )
+
+
+def test_every_metric_in_the_rules_and_the_dashboard_is_exported(exported: Exposition) -> None:
     missing = [
         f"{where}: {name}"
         for where, query in ops_queries()
         for name in query.selectors
-        if series_labels(name, live) is None
+        if series_labels(name, exported) is None
     ]
-    assert not missing, "not exported by the worker:\n" + "\n".join(missing)
+    assert not missing, "not exported by the worker or the review console:\n" + "\n".join(missing)
 
 
-def test_every_label_matched_or_grouped_on_exists_on_its_metrics(live: LiveWorker) -> None:
+def test_every_label_matched_or_grouped_on_exists_on_its_metrics(exported: Exposition) -> None:
     problems = []
     for where, query in ops_queries():
         available: set[str] = set()
         for name, matched in query.selectors.items():
-            labels = series_labels(name, live) or set()
+            labels = series_labels(name, exported) or set()
             available |= labels
             if matched - labels:
                 problems.append(f"{where}: {name} has no label {sorted(matched - labels)}")
@@ -221,19 +290,19 @@ def test_every_label_matched_or_grouped_on_exists_on_its_metrics(live: LiveWorke
     assert not problems, "\n".join(problems)
 
 
-def test_the_dashboard_legends_use_labels_the_query_keeps(live: LiveWorker) -> None:
+def test_the_dashboard_legends_use_labels_the_query_keeps(exported: Exposition) -> None:
     problems = []
     for panel, target in dashboard_targets():
         used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
         query = analyse(grafana_to_promql(target["expr"]))
-        kept = query.grouping or set().union(*(series_labels(n, live) or set() for n in query.selectors))
+        kept = query.grouping or set().union(*(series_labels(n, exported) or set() for n in query.selectors))
         if used - kept:
             problems.append(f"{panel['title']!r}: legend uses {sorted(used - kept)}, the query keeps {sorted(kept)}")
     assert not problems, "\n".join(problems)
 
 
-def test_counters_are_queried_with_total_and_histograms_through_buckets(live: LiveWorker) -> None:
-    types = live.exposition.types
+def test_counters_are_queried_with_total_and_histograms_through_buckets(exported: Exposition) -> None:
+    types = exported.types
     for where, query in ops_queries():
         for name in query.selectors:
             if name in types:
@@ -246,10 +315,10 @@ def test_counters_are_queried_with_total_and_histograms_through_buckets(live: Li
                 assert "histogram_quantile" in query.expr, f"{where}: buckets only make sense in a quantile"
 
 
-def test_every_exported_metric_is_charted_or_alerted_on(live: LiveWorker) -> None:
+def test_every_exported_metric_is_charted_or_alerted_on(exported: Exposition) -> None:
     used = {name for _, query in ops_queries() for name in query.selectors}
     used_families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
-    families = {name for name in live.exposition.types if name.startswith("pipeline_")}
+    families = {name for name in exported.types if name.startswith("pipeline_")}
     unused = families - used_families - set(NOT_CHARTED)
     assert not unused, f"exported but on no panel and in no rule (chart them or list them in NOT_CHARTED): {unused}"
 

@@ -11,6 +11,10 @@ import pytest
 from pipeline.cli import build_parser
 from pipeline.commands.run import RUN_OPTIONS
 from pipeline.metrics import Metrics
+from pipeline.review.metrics import ReviewMetrics
+from pipeline.review.service import REVIEW_OPTIONS
+from pipeline.review.state import ReviewBook
+from pipeline.review.web import WEB_OPTIONS
 from schemas.topics import REASON_KINDS
 from tests.ops.support import RUNBOOK, alerts, recorded_names
 
@@ -87,15 +91,18 @@ def test_every_pipeline_command_it_shows_parses() -> None:
 
 
 def test_every_metric_it_names_is_exported() -> None:
-    families = {family.name for family in Metrics().registry.collect()}
+    """By the worker or by the review console (whose queue gauges appear once it watches a book)."""
+    console = ReviewMetrics()
+    console.watch(ReviewBook("review"), lambda: 0)
+    families = {family.name for registry in (Metrics().registry, console.registry) for family in registry.collect()}
     for name in set(re.findall(r"\bpipeline_[a-z_]+\b", TEXT)):
         family = re.sub(r"_(total|bucket|sum|count)$", "", name)
-        assert family in families, f"{name} is not a metric of the worker"
+        assert family in families, f"{name} is not a metric of the worker or the review console"
     for name in set(re.findall(r"\bpipeline:[a-z_:0-9]+", TEXT)):
         assert name in recorded_names(), f"{name} is not a recording rule"
 
 
-def test_every_setting_it_names_is_read_by_the_worker() -> None:
-    settings = {option.env for option in RUN_OPTIONS} | COMPOSE_VARIABLES
+def test_every_setting_it_names_is_read_by_the_worker_or_the_review_console() -> None:
+    settings = {option.env for option in (*RUN_OPTIONS, *WEB_OPTIONS, *REVIEW_OPTIONS)} | COMPOSE_VARIABLES
     for name in set(re.findall(r"\b(?:PIPELINE|KAFKA|OPENAI)_[A-Z_]+[A-Z]\b", TEXT)):
         assert name in settings, f"{name} is not a setting"
