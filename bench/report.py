@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from bench import ratelimit_windows
+from bench import batch_files, fair_share, ratelimit_windows
 
 HERE: Final = Path(__file__).resolve().parent
 OURS: Final = "ours"
@@ -320,6 +320,22 @@ def render(results: dict[str, Any]) -> str:
                 f"{row['jobs_per_s']['runs']:.0f} |"
             )
         out.append("")
+    fair = results.get("fair_share")
+    if fair:
+        out += [
+            "## 6. Fair share: a small tenant behind another's flood",
+            "",
+            f"Tenant A's backlog on partition {fair_share.A_PARTITION} of the input topic; once the worker is busy "
+            f"with it, tenant B publishes {fair_share.B_JOBS} jobs on partition {fair_share.B_PARTITION}. One "
+            f"worker, concurrency {fair_share.CONCURRENCY}, the simulator at `{fair_share.LATENCY}`; B's times "
+            "from its publish to its results. *Before*: the code before fair share, from a git worktree.",
+            "",
+            fair_share.table(fair),
+            "",
+        ]
+    batches = results.get("batch_files")
+    if batches:
+        out += ["## 7. Batch files (`pipeline batch submit` and `results`)", "", batch_files.table(batches), ""]
     profile = results.get("profile")
     if profile:
         out += [

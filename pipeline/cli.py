@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pipeline import __version__
 from pipeline.broker import DEFAULT_HOST, DEFAULT_PORT, BrokerError, EmbeddedBroker
 from pipeline.client import CLIENT_OPTIONS
-from pipeline.commands import demo, produce, replay, review, run, tail, topics
+from pipeline.commands import batch, demo, produce, replay, review, run, tail, topics
 from pipeline.commands.common import KNOWN_SETTINGS, CliError
 from pipeline.config import ConfigError
 from pipeline.simulator import cli as simulate
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_parser(commands)
     topics.add_parser(commands)
     replay.add_parser(commands)
+    batch.add_parser(commands)
     review.add_parser(commands)
     simulate.add_parser(commands)
     _add_broker(commands)

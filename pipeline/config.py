@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 import msgspec
 
 from pipeline.secret import Secret
+from pipeline.tenancy.pricing import PricesError, load_prices
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -169,10 +170,14 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How the worker consumes, schedules, commits and reports (Kafka connection and client apart)."""
 
     input_topic: str = "prompts"
+    #: More input topics (priority lanes) with their weights in the call slots; see pipeline/tenancy/lanes.py.
+    input_topics: dict[str, Annotated[int, msgspec.Meta(ge=1, le=1000)]] = msgspec.field(default_factory=dict)
     output_topic: str = "completions"
     review_topic: str = "review"
     #: The review console's decisions: its source of truth and audit log (see ``schemas.decisions``).
     decisions_topic: str = "review-decisions"
+    #: Batch manifests (compacted, keyed by batch id): ``pipeline batch``, and workers learn cancellations there.
+    batches_topic: str = "batches"
     group_id: str = "pipeline"
     #: Static membership (KIP-345): a member that restarts within the session timeout keeps its partitions.
     group_instance_id: str | None = None
@@ -197,16 +202,36 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: /healthz fails when a job has been held this long (a delivery stuck, not a slow provider: keep it above
     #: the provider client's job deadline).
     stuck_job_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    #: Tenancy (pipeline/tenancy/): the job metadata field naming a job's tenant, how many tenants get their own
+    #: metric label, the price table, and budgets in USD per tenant (``*``: every tenant without its own).
+    tenant_field: Annotated[str, msgspec.Meta(min_length=1)] = "tenant"
+    tenant_labels_max: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+    prices_file: str | None = None
+    budgets: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+    budgets_monthly: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+    #: Every worker publishes its spend here and follows it, so budgets hold across the group.
+    spend_topic: str = "tenant-spend"
 
 
 WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_INPUT_TOPIC", "input_topic", "topic the prompt jobs are read from"),
+    Option(
+        "PIPELINE_INPUT_TOPICS",
+        "input_topics",
+        "priority lanes: more input topics with their weights, prompts.interactive=8,prompts.bulk=1; under load "
+        "the call slots follow the weights, an idle lane lends its share (PIPELINE_INPUT_TOPIC weighs 1 unless listed)",
+    ),
     Option("PIPELINE_OUTPUT_TOPIC", "output_topic", "topic clean completions are written to"),
     Option("PIPELINE_REVIEW_TOPIC", "review_topic", "topic everything else is written to, with a reason"),
     Option(
         "PIPELINE_DECISIONS_TOPIC",
         "decisions_topic",
         "topic of the review console's decisions (its source of truth and audit log)",
+    ),
+    Option(
+        "PIPELINE_BATCHES_TOPIC",
+        "batches_topic",
+        "compacted topic of batch manifests (pipeline batch); workers follow it for cancelled batches",
     ),
     Option("PIPELINE_GROUP_ID", "group_id", "consumer group shared by all workers"),
     Option(
@@ -238,6 +263,30 @@ WORKER_OPTIONS: tuple[Option, ...] = (
     Option("PIPELINE_LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
     Option("PIPELINE_LOG_PROMPTS", "log_prompts", "include prompt text in DEBUG logs (off by default)"),
     Option("PIPELINE_STUCK_JOB_S", "stuck_job_s", "/healthz fails when a job is held this long (default 900)"),
+    Option("PIPELINE_TENANT_FIELD", "tenant_field", "job metadata field naming the job's tenant (default tenant)"),
+    Option(
+        "PIPELINE_TENANT_LABELS_MAX",
+        "tenant_labels_max",
+        "tenants with their own metric label; later ones are counted as other (default 100)",
+    ),
+    Option(
+        "PIPELINE_PRICES_FILE",
+        "prices_file",
+        "TOML price table per model (USD per million tokens) replacing the shipped pipeline/tenancy/prices.toml",
+    ),
+    Option(
+        "PIPELINE_BUDGETS",
+        "budgets",
+        "USD per tenant per UTC day: acme=5,globex=20 (* for every other tenant); over it, jobs go to review",
+    ),
+    Option(
+        "PIPELINE_BUDGETS_MONTHLY", "budgets_monthly", "USD per tenant per UTC month, in the form of PIPELINE_BUDGETS"
+    ),
+    Option(
+        "PIPELINE_SPEND_TOPIC",
+        "spend_topic",
+        "topic every worker publishes its spend to and follows, so budgets hold across the group",
+    ),
 )
 
 
@@ -256,6 +305,13 @@ def load_worker_settings(values: Mapping[str, str]) -> WorkerSettings:
         )
     if len({settings.input_topic, settings.output_topic, settings.review_topic}) < 3:
         problems.append("PIPELINE_INPUT_TOPIC, PIPELINE_OUTPUT_TOPIC and PIPELINE_REVIEW_TOPIC must all differ")
+    if {settings.output_topic, settings.review_topic} & set(settings.input_topics):
+        problems.append("PIPELINE_INPUT_TOPICS must not name PIPELINE_OUTPUT_TOPIC or PIPELINE_REVIEW_TOPIC")
+    if settings.prices_file:
+        try:
+            load_prices(settings.prices_file)
+        except PricesError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
     return settings

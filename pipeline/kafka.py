@@ -149,6 +149,22 @@ def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**connection_kwargs(settings))
 
 
+async def partitions_if_any(settings: KafkaSettings, topic: str) -> list[TopicPartition]:
+    """A topic's partitions, or none when it does not exist. Listed before described: describing a missing
+    topic creates it on the embedded broker (and on brokers with auto-creation on)."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return []
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic, p["partition"]) for p in sorted(described["partitions"], key=lambda p: p["partition"])
+    ]
+
+
 async def ensure_topics(
     settings: KafkaSettings, names: Iterable[str], partitions: int, replication_factor: int = 1
 ) -> list[str]:

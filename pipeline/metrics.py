@@ -70,6 +70,23 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("pipeline_tokens", "Tokens used, by model and kind", ["model", "kind"], registry=r)
+        # Tenancy (pipeline/tenancy/): what each job was billed, over all its attempts; tenant labels are bounded
+        # (PIPELINE_TENANT_LABELS_MAX, then ``other``; ``none`` for jobs that name no tenant).
+        self.cost_usd = Counter(
+            "pipeline_cost_usd",
+            "USD billed for jobs (paid retries too), by model and tenant",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "pipeline_tenant_tokens",
+            "Tokens billed for jobs (paid retries too), by tenant and kind (prompt, cached, completion)",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.cost_unpriced = Counter(
+            "pipeline_cost_unpriced", "Jobs billed for tokens of a model the price table does not know", registry=r
+        )
         self.concurrency_limit = Gauge(
             "pipeline_provider_concurrency_limit", "The client's adaptive concurrency limit", registry=r
         )

@@ -4,8 +4,9 @@ Fail closed, in this order: invalid job → ``invalid_job``; provider failure �
 absent (or empty, or fewer output results than choices) → ``moderation_missing``; a moderation ``error`` on
 either side → ``moderation_error``; flagged on either side (by the provider, or by a configured stricter
 threshold) → ``flagged``; ``finish_reason == "content_filter"`` → ``content_filter``; a ``finish_reason`` this
-version does not know → ``unknown_finish_reason`` (the paid answer goes along); otherwise → output. Pure
-functions only.
+version does not know → ``unknown_finish_reason`` (the paid answer goes along); otherwise → output. Before
+any of that, a job of a cancelled batch that was not called yet → ``cancelled`` (:func:`route_cancelled`, no
+call). Pure functions only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Final
 import msgspec
 
 from pipeline.outcomes import Completed, Failed, Outcome
+from schemas.batches import batch_of
 from schemas.chat import (
     ChatCompletion,
     Moderation,
@@ -27,6 +29,7 @@ from schemas.chat import (
 )
 from schemas.topics import (
     ApiFailure,
+    Cancelled,
     ChoiceFinish,
     ContentFiltered,
     Flagged,
@@ -173,6 +176,8 @@ def _result(job: Job, source: Source, outcome: Completed) -> Result:
         latency_ms=outcome.latency_ms,
         completion_id=completion.id,
         source=source,
+        # a batch's results are Batch API lines holding the whole chat.completion
+        completion=completion if batch_of(job.metadata) is not None else None,
     )
 
 
@@ -194,6 +199,12 @@ def route(job: Job, source: Source, outcome: Outcome, thresholds: Thresholds = N
             latency_ms=outcome.latency_ms,
         )
     )
+
+
+def route_cancelled(job: Job, source: Source, reason: Cancelled) -> ToReview:
+    """The review record for a job of a cancelled batch that was not called (``pipeline replay`` can send
+    the job again: a job published after the cancellation runs)."""
+    return ToReview(Review(id=job.id, reason=reason, source=source, job=job, metadata=job.metadata, attempts=0))
 
 
 class _JobIdOnly(msgspec.Struct):

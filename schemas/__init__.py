@@ -6,6 +6,7 @@
 - :mod:`schemas.moderations` — the standalone ``/v1/moderations`` endpoint and the omni categories.
 - :mod:`schemas.models` — ``/v1/models``.
 - :mod:`schemas.topics` — the Kafka topic contracts: ``Job``, ``Result``, ``Review`` and its ``Reason`` union.
+- :mod:`schemas.batches` — batch files: the Batch API's input and output lines, the ``batches`` topic's manifest.
 
 Decode with ``msgspec.json.decode(raw, type=schemas.ChatCompletion)``; field names are the wire names.
 """
@@ -53,6 +54,8 @@ from schemas.moderations import (
 from schemas.topics import (
     REASON_KINDS,
     ApiFailure,
+    BudgetExceeded,
+    Cancelled,
     ChoiceFinish,
     ContentFiltered,
     Flagged,
@@ -79,6 +82,8 @@ __all__ = [
     "ApiErrorDetail",
     "ApiFailure",
     "AssistantMessage",
+    "BudgetExceeded",
+    "Cancelled",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionMessage",

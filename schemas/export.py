@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
+from schemas.batches import BatchManifest, BatchOutputLine, BatchRequestLine
 from schemas.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from schemas.decisions import DecisionRecord
 from schemas.topics import Job, Result, Review
@@ -25,6 +26,15 @@ CONTRACTS: Final[dict[str, tuple[Any, str]]] = {
     "review-decision.json": (
         DecisionRecord,
         "A record on the review-decisions topic (default `review-decisions`), a tagged union on `type`.",
+    ),
+    "batch-request-line.json": (BatchRequestLine, "One line of a Batch API input file (`pipeline batch submit`)."),
+    "batch-output-line.json": (
+        BatchOutputLine,
+        "One line of a batch's output or errors file (`pipeline batch results`), in the Batch API's format.",
+    ),
+    "batch-manifest.json": (
+        BatchManifest,
+        "A batch's manifest on the compacted batches topic (default `batches`), keyed by batch id.",
     ),
     "chat-completion-request.json": (ChatCompletionRequest, "POST /v1/chat/completions request body."),
     "chat-completion.json": (ChatCompletion, "POST /v1/chat/completions response body."),

@@ -84,6 +84,13 @@ class Result(Wire, frozen=True):
     source: Source
     #: Set when a reviewer released this completion from review (``approve`` in the review console).
     approval: Approval | None = None
+    #: The provider's whole answer, carried only for jobs of a batch (``metadata["batch_id"]``, see
+    #: :mod:`schemas.batches`) so that ``pipeline batch results`` writes it as the Batch API does; dropped
+    #: (and rebuilt from the fields above) when it would not fit the record size limit.
+    completion: ChatCompletion | None = None
+    #: USD the provider billed for this job, over every attempt (paid retries too); null when the model has no
+    #: price in the pipeline's table (``PIPELINE_PRICES_FILE``) or no attempt reported usage.
+    cost_usd: float | None = None
 
 
 class Approval(Wire, frozen=True):
@@ -163,6 +170,27 @@ class ApiFailure(Wire, frozen=True, tag_field="kind", tag="api_error"):
     code: str | None = None
 
 
+class Cancelled(Wire, frozen=True, tag_field="kind", tag="cancelled"):
+    """The job's batch was cancelled (``pipeline batch cancel``) before the job was called: nothing was sent to
+    the provider. Only jobs published before the cancellation are cancelled, so a replayed job runs."""
+
+    batch_id: str
+    #: When the batch was cancelled (epoch ms).
+    cancelled_at: int
+
+
+class BudgetExceeded(Wire, frozen=True, tag_field="kind", tag="budget_exceeded"):
+    """The job's tenant had spent its budget for the ``period`` (a UTC day or month) when the job came up:
+    nothing was sent to the provider. ``pipeline replay --reason budget_exceeded`` sends it again (once the
+    period has rolled over or the budget was raised)."""
+
+    tenant: str
+    #: USD spent by the tenant in the period, across all workers, as this worker knew it.
+    spent_usd: float
+    budget_usd: float
+    period: Literal["day", "month"]
+
+
 class InvalidJob(Wire, frozen=True, tag_field="kind", tag="invalid_job"):
     """The record is not a valid job; nothing was sent to the provider."""
 
@@ -176,7 +204,15 @@ class InvalidJob(Wire, frozen=True, tag_field="kind", tag="invalid_job"):
 
 
 Reason = (
-    Flagged | ModerationFailed | ModerationMissing | ContentFiltered | UnknownFinishReason | ApiFailure | InvalidJob
+    Flagged
+    | ModerationFailed
+    | ModerationMissing
+    | ContentFiltered
+    | UnknownFinishReason
+    | ApiFailure
+    | InvalidJob
+    | Cancelled
+    | BudgetExceeded
 )
 ReasonKind = Literal[
     "flagged",
@@ -186,6 +222,8 @@ ReasonKind = Literal[
     "unknown_finish_reason",
     "api_error",
     "invalid_job",
+    "cancelled",
+    "budget_exceeded",
 ]
 
 
@@ -203,6 +241,8 @@ REASON_KINDS: Final[tuple[ReasonKind, ...]] = (
     "unknown_finish_reason",
     "api_error",
     "invalid_job",
+    "cancelled",
+    "budget_exceeded",
 )
 
 
@@ -217,6 +257,8 @@ class Review(Wire, frozen=True):
     metadata: Metadata | None = None
     attempts: int | None = None
     latency_ms: float | None = None
+    #: USD the provider billed for this job (see ``Result.cost_usd``); null when unknown or nothing was paid.
+    cost_usd: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------

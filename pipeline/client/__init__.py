@@ -15,6 +15,9 @@ Module map: each module imports only from rows below its own (arrows point down,
     pacing.py            Pacer: a concurrency slot + a rate-limit permit per attempt, the books after it
        │
        ▼
+    tenant_shares.py     TenantShares: a capped tenant's share of each model's lanes (PIPELINE_TENANT_RATE_SHARES)
+       │
+       ▼
     retries.py           RetryPolicy (one pipeline.backoff.Backoff), next_delay, the one RetryRunner
     breaker.py           ProviderBreaker: provider-wide failures (401, 403, quota, default model) hold every call
     streaming.py         server-sent events → one ChatCompletion

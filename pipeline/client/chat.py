@@ -48,7 +48,8 @@ from pipeline.client.request import RequestHeaders, build_request, client_reques
 from pipeline.client.retries import RetryObserver, RetryRunner, Tally
 from pipeline.client.timing import Clock, Sleep
 from pipeline.client.transport import AiohttpTransport, HttpTransport, HttpxTransport
-from pipeline.outcomes import Completed, Failed, Outcome
+from pipeline.outcomes import Completed, Failed, Outcome, Spend
+from pipeline.tenancy.tenants import tenant_of
 from schemas.chat import ChatCompletion, ChatCompletionRequest, Usage
 from schemas.moderations import ModerationCreateRequest, ModerationCreateResponse
 from schemas.topics import Job
@@ -129,10 +130,23 @@ class _JobCall:
     request_id: str
     started: float
     deadline: float
+    #: The job's tenant (``""``: none named), for its rate share (:mod:`pipeline.client.tenant_shares`).
+    tenant: str = ""
     #: The job's chat attempts (``/moderations`` calls are not counted), kept current as they go.
     tally: Tally = field(default_factory=Tally)
     #: The job's deadline as a running timeout, pushed back by the time the provider breaker held the job.
     timeout: asyncio.Timeout | None = None
+    #: Tokens billed so far, over every attempt that reported usage (paid and then failed ones too).
+    spent: Spend | None = None
+
+    def paid(self, result: ChatCompletion | AttemptFailure, requested_model: str) -> None:
+        """Count what an attempt was billed for, if it says (a completion's model is the served snapshot)."""
+        if isinstance(result, ChatCompletion):
+            usage, model = result.usage, result.model
+        else:
+            usage, model = result.usage, requested_model
+        if usage is not None:
+            self.spent = (self.spent or Spend(model=model)).plus(model, usage)
 
     def held(self, seconds: float) -> None:
         """The provider breaker held this job's call for ``seconds``: they do not count against its deadline."""
@@ -182,6 +196,7 @@ class ChatClient:
             observer=self._observer,
             clock=clock,
             sleep=sleep,
+            tenant_shares=config.tenant_rate_shares,
         )
 
     @property
@@ -225,6 +240,7 @@ class ChatClient:
             request_id=client_request_id(job.id),
             started=started,
             deadline=started + self.config.job_deadline_s,
+            tenant=tenant_of(job.metadata, self.config.tenant_field),
         )
         request = build_request(job, self.config)
         moderation = self._separate_moderation(call, job)
@@ -239,7 +255,9 @@ class ChatClient:
             if isinstance(result, AttemptFailure):
                 return self._failed(call, result)
             completion = result if moderation is None else await moderation.apply(result)
-            return Completed(completion=completion, attempts=call.tally.attempts, latency_ms=self._elapsed_ms(call))
+            return Completed(
+                completion=completion, attempts=call.tally.attempts, latency_ms=self._elapsed_ms(call), spent=call.spent
+            )
         finally:
             if moderation is not None:
                 await moderation.aclose()
@@ -252,7 +270,7 @@ class ChatClient:
         return await self._retries.run(
             lambda: self._through_breaker(
                 call,
-                lambda admitted: self._chat_attempt(request, body, headers, admitted),
+                lambda admitted: self._chat_attempt(call, request, body, headers, admitted),
                 request.model,
                 self.config.model,
             ),
@@ -298,9 +316,9 @@ class ChatClient:
             return result
 
     async def _chat_attempt(
-        self, request: ChatCompletionRequest, body: bytes, headers: Mapping[str, str], admitted: Pass
+        self, call: _JobCall, request: ChatCompletionRequest, body: bytes, headers: Mapping[str, str], admitted: Pass
     ) -> ChatCompletion | AttemptFailure | Held:
-        async with self.pacer.turn(request) as turn:
+        async with self.pacer.turn(request, call.tenant) as turn:
             if not self.breaker.still_admits(admitted):
                 return HELD  # the breaker opened while this call waited for its turn: not sent
             sent = self._clock()
@@ -308,6 +326,7 @@ class ChatClient:
             latency = self._clock() - sent
             self._observer.on_attempt(answer.status, latency)
             self.pacer.settle(turn, answer.status, answer.headers, answer.result, latency)
+            call.paid(answer.result, request.model)
             return answer.result
 
     # -- separate moderation ------------------------------------------------------------------------------
@@ -359,6 +378,7 @@ class ChatClient:
             status=failure.status,
             error_type=failure.error_type,
             code=failure.code,
+            spent=call.spent,
         )
 
     def _deadline_failed(self, call: _JobCall) -> Failed:
@@ -375,4 +395,5 @@ class ChatClient:
             status=None if last is None else last.status,
             error_type=None if last is None else last.error_type,
             code=None if last is None else last.code,
+            spent=call.spent,
         )

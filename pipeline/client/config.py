@@ -30,6 +30,7 @@ PolicySide = Literal["input", "output"]
 PolicyMode = Literal["score", "block"]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PerMinute = Annotated[int, msgspec.Meta(ge=1)]
+RateShare = Annotated[float, msgspec.Meta(gt=0, le=1)]
 
 
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +60,10 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_cap_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     requests_per_minute: PerMinute | None = None
     tokens_per_minute: PerMinute | None = None
+    #: Tenants capped at a share of each model's limits (see :mod:`pipeline.client.tenant_shares`), and the
+    #: job metadata field naming a job's tenant (the worker's ``PIPELINE_TENANT_FIELD``).
+    tenant_rate_shares: dict[str, RateShare] = msgspec.field(default_factory=dict)
+    tenant_field: Annotated[str, msgspec.Meta(min_length=1)] = "tenant"
     max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = DEFAULT_MAX_RESPONSE_BYTES
     http_client: HttpClient = "aiohttp"
     #: Certificate verification; there is deliberately no environment variable to turn it off.
@@ -94,7 +99,7 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not _policy_is_valid(policy):
             expected = "expected SIDE=MODE pairs, SIDE input or output, MODE score or block"
             raise ConfigError([f"PIPELINE_MODERATION_POLICY={policy!r}: {expected}"])
-        config = parse_settings(cls, (*CLIENT_OPTIONS, CONCURRENCY_OPTION), environ)
+        config = parse_settings(cls, (*CLIENT_OPTIONS, CONCURRENCY_OPTION, TENANT_FIELD_OPTION), environ)
         url = urllib.parse.urlsplit(config.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ConfigError([f"OPENAI_BASE_URL={config.base_url!r}: expected an http(s) URL"])
@@ -130,8 +135,15 @@ CLIENT_OPTIONS: Final[tuple[Option, ...]] = (
     Option("PIPELINE_RETRY_AFTER_CAP_S", "retry_after_cap_s", "give up when retry-after exceeds it (default 60)"),
     Option("PIPELINE_RPM", "requests_per_minute", "requests/min budget (default: learnt from the provider)"),
     Option("PIPELINE_TPM", "tokens_per_minute", "tokens/min budget (default: learnt from the provider)"),
+    Option(
+        "PIPELINE_TENANT_RATE_SHARES",
+        "tenant_rate_shares",
+        "tenants capped at a share of each model's requests and tokens per minute: acme=0.5 (default: none)",
+    ),
     Option("PIPELINE_MAX_RESPONSE_BYTES", "max_response_bytes", "response size cap, decompressed (default 10485760)"),
     Option("PIPELINE_HTTP_CLIENT", "http_client", "aiohttp (default) or httpx"),
 )
 #: Shared with the worker's settings (jobs in flight), hence not in :data:`CLIENT_OPTIONS`.
 CONCURRENCY_OPTION: Final = Option("PIPELINE_CONCURRENCY", "concurrency", "calls in flight (default 256)")
+#: Shared with the worker's settings (budgets, cost metrics), hence not in :data:`CLIENT_OPTIONS` either.
+TENANT_FIELD_OPTION: Final = Option("PIPELINE_TENANT_FIELD", "tenant_field", "job metadata field naming the tenant")

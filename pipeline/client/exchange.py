@@ -20,6 +20,7 @@ it is done); a ``/moderations`` call answers in well under a second, so the read
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
@@ -31,11 +32,26 @@ from pipeline.client.streaming import read_stream
 from pipeline.client.timing import Clock
 from pipeline.client.transport import AuthorizedTransport, HttpTransport, Timeouts, TransportError
 from pipeline.secret import Secret
-from schemas.chat import ChatCompletion
+from schemas.chat import ChatCompletion, Usage
 from schemas.moderations import ModerationCreateResponse
 
 _completion_decoder: Final = msgspec.json.Decoder(ChatCompletion)
 _moderations_decoder: Final = msgspec.json.Decoder(ModerationCreateResponse)
+_usage_decoder: Final = msgspec.json.Decoder(Usage)
+#: A ``"usage": {…}`` member with at most one level of nested objects (``prompt_tokens_details`` …).
+_USAGE_MEMBER: Final = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
+
+
+def salvage_usage(body: bytes) -> Usage | None:
+    """The ``usage`` of a 200 body that is not a valid completion, when that member is itself intact: the
+    provider billed the call, so its tokens count in the job's cost even though the answer is lost."""
+    found = _USAGE_MEMBER.search(body)
+    if found is None:
+        return None
+    try:
+        return _usage_decoder.decode(found.group(1))
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,7 @@ class Exchange:
                         retriable=result.retriable,
                         error_type=None if result.error_type is None else self._scrub(result.error_type),
                         code=None if result.code is None else self._scrub(result.code),
+                        usage=result.usage,
                     )
                 return ChatAnswer(status, response_headers, result)
         except TransportError as exc:
@@ -126,7 +143,7 @@ class Exchange:
             return _completion_decoder.decode(body)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             message = self._scrub(f"response is not a chat completion: {exc}")
-            return AttemptFailure(failure="decode", message=message, retriable=False)
+            return AttemptFailure(failure="decode", message=message, retriable=False, usage=salvage_usage(body))
 
     def _status_failure(self, status: int, headers: Mapping[str, str], body: bytes) -> AttemptFailure:
         return failure_from_status(status, headers, body, now_epoch_s=self._wall_clock(), secret=self._secret.reveal())

@@ -28,7 +28,7 @@ from typing import Final
 
 import msgspec
 
-from schemas.chat import ErrorBody
+from schemas.chat import ErrorBody, Usage
 from schemas.topics import ApiFailureKind
 
 NEVER_RETRIED_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
@@ -54,6 +54,9 @@ class AttemptFailure:
     retry_after_s: float | None = None
     #: On a 429: seconds until the exhausted limit is full again (``x-ratelimit-reset-*``); bounds backoff.
     refill_s: float | None = None
+    #: What the provider billed for an attempt that was paid and still failed (a 200 whose body did not
+    #: decode, a stream cut after its usage chunk): it counts in the job's cost.
+    usage: Usage | None = None
 
     @property
     def reason(self) -> str:

@@ -14,6 +14,9 @@ A :class:`Pacer` owns the two worker-wide mechanisms and the token estimates:
   429's ``retry-after``) and charged (``usage``), and :class:`~pipeline.client.tokens.CompletionLengths`
   learns from ``usage``.
 
+A tenant capped at a share of the limits (:mod:`~pipeline.client.tenant_shares`) waits for its share before
+its turn takes a slot, and its share is settled with the lanes'.
+
 The contract is one :meth:`Pacer.turn` per attempt, and :meth:`Pacer.settle` once its answer is in::
 
     async with pacer.turn(request) as turn:
@@ -38,6 +41,7 @@ from typing import Final, Protocol
 from pipeline.client.concurrency import AdaptiveConcurrency, AimdParams, Signal, Slot
 from pipeline.client.failures import AttemptFailure
 from pipeline.client.ratelimit import DIMENSIONS, Dimension, Permit, RateLimiter
+from pipeline.client.tenant_shares import TenantPermit, TenantShares
 from pipeline.client.timing import Clock, Sleep
 from pipeline.client.tokens import CompletionLengths, TokenEstimate, estimate_tokens
 from schemas.chat import ChatCompletion, ChatCompletionRequest, Usage
@@ -88,6 +92,8 @@ class Turn:
     choices: int
     signal: Signal = "neutral"
     latency_s: float | None = None
+    #: What a capped tenant took from its share (``None``: not capped).
+    tenant_permit: TenantPermit | None = None
 
 
 class Pacer:
@@ -102,7 +108,9 @@ class Pacer:
         observer: PacingObserver,
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
+        tenant_shares: Mapping[str, float] | None = None,
     ) -> None:
+        self.tenant_shares = TenantShares(tenant_shares or {}, clock=clock, sleep=sleep)
         self.rate_limiter = RateLimiter(
             requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, clock=clock, sleep=sleep
         )
@@ -115,15 +123,21 @@ class Pacer:
         self._observer = observer
 
     @asynccontextmanager
-    async def turn(self, request: ChatCompletionRequest) -> AsyncIterator[Turn]:
-        """Hold a concurrency slot, then a rate-limit permit of ``request``'s model, for one attempt."""
+    async def turn(self, request: ChatCompletionRequest, tenant: str = "") -> AsyncIterator[Turn]:
+        """Take the tenant's share (when capped), hold a concurrency slot, then a rate-limit permit of
+        ``request``'s model, for one attempt."""
+        shared: TenantPermit | None = None
+        if self.tenant_shares.capped(tenant):
+            limits = self.rate_limiter.limits(request.model)
+            expected = estimate_tokens(request, self.completion_lengths.expected(request.model))
+            shared = await self.tenant_shares.acquire(tenant, request.model, limits, expected.total)
         slot = await self.concurrency.acquire()
         turn: Turn | None = None
         try:
             # Estimated once a slot is ours, so the expected completion length is the latest learnt.
             estimate = estimate_tokens(request, self.completion_lengths.expected(request.model))
             permit = await self.rate_limiter.acquire(request.model, estimate.total)
-            turn = Turn(slot, permit, estimate, model=request.model, choices=request.n or 1)
+            turn = Turn(slot, permit, estimate, model=request.model, choices=request.n or 1, tenant_permit=shared)
             yield turn
         finally:
             if turn is None:
@@ -148,12 +162,14 @@ class Pacer:
             if status == 429 and not result.is_quota:
                 limit = refused_dimension(result)
                 self.rate_limiter.on_rate_limited(turn.permit, headers, result.retry_after_s, limit)
+                self.tenant_shares.on_refused(turn.tenant_permit)
             elif status is not None:
                 self.rate_limiter.on_response(turn.permit, headers)
         else:
             self.rate_limiter.on_response(turn.permit, headers)
             if result.usage is not None:
                 self.rate_limiter.on_charged(turn.permit, turn.estimate.charged(result.usage))
+                self.tenant_shares.on_charged(turn.tenant_permit, turn.estimate.charged(result.usage))
                 if not turn.estimate.completion_is_budget:
                     # Learnt under the name asked for: an answer may name a dated snapshot of it.
                     self.completion_lengths.observe(turn.model, result.usage.completion_tokens, turn.choices)

@@ -27,7 +27,7 @@ thrown away; the merge keeps the answer and sends it to review whenever either c
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import msgspec
@@ -287,6 +287,11 @@ class ChunkAssembler:
         self._service_tier = chunk.service_tier or self._service_tier
         self._system_fingerprint = chunk.system_fingerprint or self._system_fingerprint
 
+    @property
+    def usage(self) -> Usage | None:
+        """The usage chunk's figures, once it came (the provider bills them even if the stream then breaks)."""
+        return self._usage
+
     def completion(self) -> ChatCompletion:
         if self._first is None:
             raise IncompleteStream("the stream carried no chunk")
@@ -349,12 +354,20 @@ def _apply(event: SseEvent, assembler: ChunkAssembler) -> AttemptFailure | None:
 
 
 async def read_stream(body: AsyncIterator[bytes]) -> ChatCompletion | AttemptFailure:
-    """Consume an SSE body into a completion, or the failure that ended it.
+    """Consume an SSE body into a completion, or the failure that ended it (with the usage the stream had
+    reported by then: a stream cut after its usage chunk was billed).
 
     Transport errors raised by ``body`` propagate: the caller knows the response had started.
     """
-    decoder = SseDecoder()
     assembler = ChunkAssembler()
+    result = await _read_events(body, assembler)
+    if isinstance(result, AttemptFailure) and assembler.usage is not None:
+        return replace(result, usage=assembler.usage)
+    return result
+
+
+async def _read_events(body: AsyncIterator[bytes], assembler: ChunkAssembler) -> ChatCompletion | AttemptFailure:
+    decoder = SseDecoder()
     async for piece in body:
         for event in decoder.feed(piece):
             if event.data == DONE:

@@ -38,16 +38,21 @@ def parse_reasons(text: str) -> set[str]:
     return reasons
 
 
-def progress_bar(unit: str, total_bytes: int | None = None) -> tqdm[Never]:
+def progress_bar(
+    unit: str, total_bytes: int | None = None, *, total: int | None = None, initial: int = 0, desc: str | None = None
+) -> tqdm[Never]:
     """A progress bar on stderr, drawn only when stderr is a terminal, so a pipe or a log never fills with it.
 
     With ``total_bytes`` (a file's size) it counts bytes, ``update(len(line))``, and shows the share done, the
-    rate and the time left; without, it counts ``unit`` (``update()`` per line or record) and shows the rate.
+    rate and the time left; without, it counts ``unit`` (``update()`` per line or record) and shows the rate,
+    and with ``total`` (a known count) the share done and the time left too.
     Messages meant for the same terminal go through ``tqdm.write`` so they do not break the bar's line.
     """
     if total_bytes is not None:
-        return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=None)
-    return tqdm(unit=f" {unit}", file=sys.stderr, disable=None)
+        return tqdm(
+            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=None, desc=desc
+        )
+    return tqdm(total=total, initial=initial, unit=f" {unit}", file=sys.stderr, disable=None, desc=desc)
 
 
 def run_async(

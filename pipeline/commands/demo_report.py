@@ -1,5 +1,5 @@
 """What ``pipeline demo`` saw and how it says so: the tally of the output and review topics, the summary
-(counts per route against what the sample set expects, throughput, end-to-end latency, tokens) as JSON or a
+(counts per route against what the sample set expects, throughput, end-to-end latency, tokens, cost) as JSON or a
 table, and one example record per route with long text cut.
 """
 
@@ -29,6 +29,9 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: USD over the records that carry a cost; ``unpriced`` counts the records whose cost is unknown.
+    cost_usd: float = 0.0
+    unpriced: int = 0
     seen: set[tuple[int, int]] = field(default_factory=set)
     last_ms: int = 0
 
@@ -39,10 +42,10 @@ class Tally:
     def add(self, destination: str, value: bytes, timestamp_ms: int, published_ms: dict[tuple[int, int], int]) -> None:
         if destination == "output":
             result = _result_decoder.decode(value)
-            source, reason, usage = result.source, "-", result.usage
+            source, reason, usage, cost = result.source, "-", result.usage, result.cost_usd
         else:
             review = _review_decoder.decode(value)
-            source, reason = review.source, reason_kind(review.reason)
+            source, reason, cost = review.source, reason_kind(review.reason), review.cost_usd
             usage = review.completion.usage if review.completion else None
         coordinates = (source.partition, source.offset)
         if coordinates in self.seen:
@@ -55,6 +58,10 @@ class Tally:
         if usage is not None:
             self.prompt_tokens += usage.prompt_tokens
             self.completion_tokens += usage.completion_tokens
+        if cost is not None:
+            self.cost_usd += cost
+        elif usage is not None:
+            self.unpriced += 1
         self.last_ms = max(self.last_ms, timestamp_ms)
 
 
@@ -138,6 +145,8 @@ def summary(tally: Tally, samples: list[Sample], started_ms: int, workers: int, 
             f"p{int(share * 100)}": round(percentile(tally.latencies_ms, share), 1) for share in (0.5, 0.95, 0.99)
         },
         "tokens": {"prompt": tally.prompt_tokens, "completion": tally.completion_tokens},
+        "cost_usd": round(tally.cost_usd, 6),
+        "unpriced_records": tally.unpriced,
     }
 
 
@@ -153,7 +162,9 @@ def print_summary(report: dict[str, Any], tally: Tally, samples: list[Sample]) -
     print(
         f"\nthroughput {report['throughput_jobs_per_s']:,} jobs/s over {report['elapsed_s']} s   "
         f"end-to-end latency p50 {latency['p50']:,} ms  p95 {latency['p95']:,} ms  p99 {latency['p99']:,} ms   "
-        f"tokens {report['tokens']['prompt']:,} prompt + {report['tokens']['completion']:,} completion"
+        f"tokens {report['tokens']['prompt']:,} prompt + {report['tokens']['completion']:,} completion   "
+        f"cost ${report['cost_usd']:.6f}"
+        + (f" ({report['unpriced_records']} records unpriced)" if report["unpriced_records"] else "")
     )
     print("\none record of each route:")
     for (destination, reason), value in sorted(tally.examples.items()):

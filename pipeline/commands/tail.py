@@ -22,6 +22,7 @@ from pipeline.commands.common import (
 from pipeline.kafka import make_consumer, seek_to_log_start
 from schemas.topics import (
     ApiFailure,
+    Cancelled,
     Flagged,
     InvalidJob,
     ModerationFailed,
@@ -55,6 +56,8 @@ def describe_reason(reason: Reason) -> str:
         return f"{kind}({what}, {reason.attempts} attempts)"
     if isinstance(reason, InvalidJob):
         return f"{kind}({reason.error[:50]})"
+    if isinstance(reason, Cancelled):
+        return f"{kind}(batch {reason.batch_id})"
     return kind
 
 

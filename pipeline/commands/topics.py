@@ -1,5 +1,6 @@
-"""``pipeline topics create|describe``: the pipeline's topics (input, output, review and the review console's
-decisions), idempotently; partitions, ends, the group's lag."""
+"""``pipeline topics create|describe``: the pipeline's topics (input, output, review, the review console's
+decisions, the compacted batch manifests and the tenants' spend), idempotently; partitions, ends, the group's
+lag."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from pipeline.batch.manifest import new_batches_topic
 from pipeline.commands.common import (
     TOPIC_OPTIONS,
     add_kafka_flags,
@@ -19,6 +21,7 @@ from pipeline.commands.common import (
     run_async,
 )
 from pipeline.kafka import committed_with_retries, make_admin, make_consumer
+from pipeline.tenancy.spend_topic import SPEND_RETENTION_MS
 
 DEFAULT_PARTITIONS = 6
 
@@ -51,6 +54,30 @@ async def create_topics(args: argparse.Namespace) -> int:
                 print(f"created  {name}  partitions={args.partitions} replication={args.replication_factor}")
             except TopicAlreadyExistsError:
                 print(f"exists   {name}")
+        # Batch manifests: compacted (a batch's latest manifest is kept however old), one partition, and
+        # never given the job topics' retention.
+        batches = common.worker.batches_topic
+        if batches in existing:
+            print(f"exists   {batches}")
+        else:
+            try:
+                await admin.create_topics([new_batches_topic(batches, args.replication_factor)])
+                print(f"created  {batches}  partitions=1 replication={args.replication_factor} cleanup.policy=compact")
+            except TopicAlreadyExistsError:
+                print(f"exists   {batches}")
+        # Tenants' spend (budgets held across the group): kept as long as a monthly budget reads back, never
+        # the job topics' retention.
+        spend = common.worker.spend_topic
+        if spend in existing:
+            print(f"exists   {spend}")
+        else:
+            try:
+                retention = {"retention.ms": str(SPEND_RETENTION_MS)}
+                await admin.create_topics([NewTopic(spend, 1, args.replication_factor, topic_configs=retention)])
+                shown = f"partitions=1 replication={args.replication_factor} retention.ms={SPEND_RETENTION_MS}"
+                print(f"created  {spend}  {shown}")
+            except TopicAlreadyExistsError:
+                print(f"exists   {spend}")
     finally:
         await admin.close()
     return 0
@@ -122,8 +149,9 @@ def add_parser(commands: Any) -> None:
     topics = commands.add_parser(
         "topics",
         help="create or describe the pipeline's topics",
-        description="Create the pipeline's topics: input, output, review and review-decisions (idempotent), or "
-        "show their partitions, end offsets and the consumer group's committed offsets and lag.",
+        description="Create the pipeline's topics: input, output, review, review-decisions and batches "
+        "(compacted, one partition) (idempotent), or show their partitions, end offsets and the consumer group's "
+        "committed offsets and lag.",
         epilog="examples:\n  pipeline topics create --partitions 12\n  pipeline topics describe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

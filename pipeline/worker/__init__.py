@@ -11,6 +11,7 @@ partition's commit move past it. The parts, each owning its own state (arrows po
       ├─ sink        encode, fit the size limit, headers, produce until acknowledged
       ├─ offsets     per-partition ledgers and epochs, the commit offset and the commit schedule
       ├─ starts      where a newly assigned partition starts (committed offset, reset policy, held when unsure)
+      ├─ cancellations  follows the batches topic: jobs of a cancelled batch go to review uncalled
       └─ ports       the Kafka clients as small contracts (aiokafka in production, in-memory in unit tests)
 """
 

@@ -7,8 +7,12 @@ is fetched again: aiokafka wakes the fetch loop when it takes a new assignment, 
 ``on_partitions_assigned``, which reads the committed offsets (a broker round trip) to build the ledgers; a
 fetch that returns first would move the position past records no ledger tracked, and the next commit past
 them. While paused it waits for room (:meth:`Intake.wake`) rather than in ``getmany``, and still polls now
-and then so the consumer keeps its place in the group. A partition can also be held on its own
-(:meth:`Intake.hold`): not fetched whatever the pressure, until :meth:`Intake.release`.
+and then so the consumer keeps its place in the group. A partition whose own read-ahead is full
+(:meth:`~pipeline.worker.scheduler.Scheduler.ahead_full`) is paused on its own, so a flooded partition is
+not fetched further while the others still are (aiokafka hands out a fetch's records partition by partition,
+the flood's first, so a fetch of everything would bring the flood alone); the loop waits for room, as
+paused, when every partition is. A partition can also be held on its own (:meth:`Intake.hold`): not fetched
+whatever the pressure, until :meth:`Intake.release`.
 
 A Kafka error that passes by itself is retried with :data:`FETCH_BACKOFF`, for up to
 :data:`FETCH_FAILING_FOR_S` in a row; any other, or one that has not passed by then, ends the loop with
@@ -73,6 +77,8 @@ class Intake:
         self._paused = False
         #: Partitions not fetched whatever the pressure (see :meth:`hold`).
         self._held: set[TopicPartition] = set()
+        #: Partitions paused because their own read-ahead is full (see the module docstring).
+        self._ahead: set[TopicPartition] = set()
         #: True between a revocation and the next assignment: the consumer is rejoining its group.
         self.rebalancing = False
         #: Set when what is held falls to the resume level while paused: wakes the fetch loop at once.
@@ -88,17 +94,29 @@ class Intake:
 
     def wake(self) -> None:
         """Something left the scheduler: wake a paused fetch loop as soon as there is room again."""
-        if self._paused and self._may_resume():
+        if self._has_room():
             self._room.set()
 
     def _may_resume(self) -> bool:
         return self._scheduler.calm() and self._provider_available()
+
+    def _has_room(self) -> bool:
+        """Paused: everything may resume. Otherwise: a partition paused for its read-ahead may."""
+        if self._paused:
+            return self._may_resume()
+        return bool(self._ahead) and not self._ahead <= self._scheduler.ahead_full(self._ahead)
+
+    def _waiting(self) -> bool:
+        """Nothing is to be fetched: everything is paused, or every owned partition is on its own."""
+        owned = self._consumer.assignment()
+        return self._paused or (bool(owned) and owned <= self._held | self._ahead)
 
     def assignment_changed(self) -> None:
         """A new assignment starts unpaused (the consumer does not carry pauses across a rebalance); the
         partitions still held and still owned are paused again."""
         self._paused = False
         self.rebalancing = False
+        self._ahead.clear()
         self._held &= self._consumer.assignment()
         if self._held:
             self._consumer.pause(*self._held)
@@ -112,7 +130,7 @@ class Intake:
 
     def release(self, *partitions: TopicPartition) -> None:
         self._held.difference_update(partitions)
-        owned = [tp for tp in partitions if tp in self._consumer.assignment()]
+        owned = [tp for tp in partitions if tp in self._consumer.assignment() and tp not in self._ahead]
         if owned and not self._paused:
             self._consumer.resume(*owned)
 
@@ -127,15 +145,16 @@ class Intake:
             self.last_turn = time.monotonic()
             self._apply_backpressure()
             timeout_ms = FETCH_WAIT_MS
-            if self._paused:
+            if self._waiting():
                 # Wait for room here, not in getmany: getmany would sleep out its timeout after room came back,
                 # and it drops the records already fetched for paused partitions (fetched again on resume).
                 if await self._room_within(PAUSED_WAIT_S) or time.monotonic() - polled < self._keepalive_s:
                     continue
                 timeout_ms = 0
             try:
+                fetching = self._consumer.assignment() - self._held - self._ahead
                 batches = await self._consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=max(self._scheduler.room(), 1)
+                    timeout_ms=timeout_ms, max_records=max(self._scheduler.room(fetching), 1)
                 )
             except KafkaError as exc:
                 if not failures:
@@ -169,11 +188,19 @@ class Intake:
         decision = self._scheduler.fetch_decision(self._paused)
         if not self._provider_available():
             decision = "keep" if self._paused else "pause"
+        owned = self._consumer.assignment()
+        before, self._ahead = self._ahead, self._scheduler.ahead_full(self._ahead) & owned
+        if decision == "pause":
+            self._consumer.pause(*owned)
+        elif decision == "resume":
+            self._consumer.resume(*(owned - self._held - self._ahead))
+        elif not self._paused:
+            filled, emptied = self._ahead - before, (before - self._ahead) & (owned - self._held)
+            if filled:
+                self._consumer.pause(*filled)
+            if emptied:
+                self._consumer.resume(*emptied)
         if decision != "keep":
-            if decision == "pause":
-                self._consumer.pause(*self._consumer.assignment())
-            else:
-                self._consumer.resume(*(self._consumer.assignment() - self._held))
             self._paused = decision == "pause"
         self._metrics.partitions_paused.set(len(self._consumer.paused()))
 
@@ -181,7 +208,7 @@ class Intake:
         """Whether what is held fell to the resume level (and the provider takes calls) within ``timeout_s``;
         a provider coming back is noticed at the next turn, within ``timeout_s``."""
         self._room.clear()
-        if self._may_resume():
+        if self._has_room():
             return True
         try:
             async with asyncio.timeout(timeout_s):

@@ -84,7 +84,7 @@ class Jobs:
         delivered = False
         try:
             try:
-                routed = await self._processor.process(raw, source)
+                routed = await self._processor.process(raw, source, record.timestamp)
             except Exception as exc:  # a bug: this job goes to review, its partition moves on
                 routed = self._failed(exc, raw, source)
             self.start(self._scheduler.call_returned(ticket))

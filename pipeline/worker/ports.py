@@ -27,6 +27,7 @@ from pipeline.kafka import (
     make_consumer,
     make_producer,
 )
+from pipeline.worker.cancellations import AiokafkaBatchesFeed, BatchesFeed
 
 log = logging.getLogger("pipeline.worker")
 
@@ -152,6 +153,8 @@ class KafkaClients:
     consumer: Consumer
     producer: Producer
     admin: GroupAdmin
+    #: The batches topic, followed for cancelled batches (None: no batch is ever cancelled by this worker).
+    batches: BatchesFeed | None = None
 
     @classmethod
     def connect(cls, kafka: KafkaSettings, settings: WorkerSettings) -> KafkaClients:
@@ -170,4 +173,5 @@ class KafkaClients:
             group_instance_id=settings.group_instance_id,
         )
         admin = AiokafkaAdmin(kafka)
-        return cls(consumer=consumer, producer=AiokafkaProducer(kafka, admin), admin=admin)
+        batches = AiokafkaBatchesFeed(kafka, settings.batches_topic)
+        return cls(consumer=consumer, producer=AiokafkaProducer(kafka, admin), admin=admin, batches=batches)

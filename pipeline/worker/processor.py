@@ -1,5 +1,10 @@
 """One job record in, one route out: decode the job, call the provider, route the outcome.
 
+A job of a cancelled batch (:mod:`~pipeline.worker.cancellations`) is routed to review as ``cancelled``
+between the decode and the call, so it is never called; so is a job whose tenant is over its budget
+(:mod:`~pipeline.tenancy.spending`, ``budget_exceeded``). What the call was billed for, over all its attempts,
+is priced and written on the record (``cost_usd``).
+
 Never raises for what a record or the provider can do: an undecodable record routes to review as
 ``invalid_job`` without a call, and a client that raises instead of returning an outcome costs that job a
 review (``internal``), not the worker its life. Cancellation passes through.
@@ -13,7 +18,9 @@ import time
 from typing import Protocol
 
 from pipeline.outcomes import Failed, Outcome
-from pipeline.routing import Route, Thresholds, ToReview, repeated_key, route, route_invalid
+from pipeline.routing import Route, Thresholds, ToReview, repeated_key, route, route_cancelled, route_invalid
+from pipeline.tenancy.spending import TenantSpending, route_over_budget, with_cost
+from pipeline.worker.cancellations import Cancellations
 from schemas.chat import TextPart, UserMessage
 from schemas.topics import ApiFailure, Job, JobDecodeError, Review, Source, decode_job, invalid_job
 
@@ -61,23 +68,38 @@ class Processor:
     """Decode → call → route, for one record at a time (any number of them concurrently)."""
 
     def __init__(
-        self, client: CompletionClient, thresholds: Thresholds, *, max_job_bytes: int, log_prompts: bool = False
+        self,
+        client: CompletionClient,
+        thresholds: Thresholds,
+        *,
+        max_job_bytes: int,
+        log_prompts: bool = False,
+        cancellations: Cancellations | None = None,
+        spending: TenantSpending | None = None,
     ) -> None:
         self._client = client
+        self._spending = spending
         self._thresholds = thresholds
         self._max_job_bytes = max_job_bytes
         self._log_prompts = log_prompts
+        self._cancellations = cancellations
 
-    async def process(self, raw: bytes, source: Source) -> Route:
+    async def process(self, raw: bytes, source: Source, published_ms: int | None = None) -> Route:
+        """``published_ms``: the job record's timestamp (a job published after its batch was cancelled runs)."""
         decoded = decode_job(raw, max_bytes=self._max_job_bytes)
         if not isinstance(decoded, JobDecodeError) and (key := repeated_key(raw)) is not None:
             decoded = JobDecodeError(error=f"not a valid job: an object names the key {key!r} twice (ambiguous)")
         if isinstance(decoded, JobDecodeError):
             return route_invalid(raw, invalid_job(raw, decoded, source))
+        if self._cancellations is not None and (cancelled := await self._cancellations.check(decoded, published_ms)):
+            return route_cancelled(decoded, source, cancelled)
+        if self._spending is not None and (over := await self._spending.over_budget(decoded)) is not None:
+            return route_over_budget(decoded, source, over)
         if self._log_prompts:
             log.debug("prompt", extra={"job_id": decoded.id, "prompt": prompt_text(decoded)})
         outcome = await self._call(decoded)
-        return route(decoded, source, outcome, self._thresholds)
+        routed = route(decoded, source, outcome, self._thresholds)
+        return routed if self._spending is None else with_cost(routed, self._spending.charge(decoded, outcome))
 
     async def _call(self, job: Job) -> Outcome:
         started = time.monotonic()

@@ -7,7 +7,9 @@ Every job the worker holds is a :class:`Ticket` that moves through one state mac
          └────────────┴──────────┴─────────────┴──────► DROPPED
 
 - ``WAITING_KEY``: with ``ordering="key"``, an earlier job of the same partition and key is still held.
-- ``READY``: fetched ahead of a free slot; it starts, in fetch order, as soon as a call returns.
+- ``READY``: fetched ahead of a free slot, in its partition's queue; a returning call's slot goes to the
+  partition (and input topic) with the fewest calls in flight for its weight, oldest job of it first
+  (:mod:`pipeline.tenancy.fair`): a flooded partition cannot hold every slot while others have work.
 - ``CALLING``: holds one of the ``concurrency`` slots while its provider call runs.
 - ``DELIVERING``: the call returned and gave its slot to the next job; the result awaits the broker's ack.
 - ``DONE``: acknowledged. ``DROPPED``: forgotten without a result (its partition was revoked, the worker is
@@ -15,7 +17,9 @@ Every job the worker holds is a :class:`Ticket` that moves through one state mac
 
 The scheduler only decides; the worker does what a decision says. Every transition returns the tickets that
 move to ``CALLING`` because of it (the jobs to start now), and :meth:`Scheduler.fetch_decision` tells the
-fetch loop when to pause and resume. :meth:`Scheduler.violations` states the invariants as code; the unit
+fetch loop when to pause and resume everything (jobs or bytes held), :meth:`Scheduler.ahead_full` which
+partitions to pause on their own (their read-ahead is full: a flood is not fetched further while the other
+partitions still are). :meth:`Scheduler.violations` states the invariants as code; the unit
 tests check them after every step.
 """
 
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Generic, Literal, TypeVar
 
 from aiokafka.structs import TopicPartition
+
+from pipeline.tenancy.fair import FairQueues
 
 P = TypeVar("P")
 
@@ -39,9 +45,10 @@ RESUME_AT: Final = 0.95
 #: multiple of the concurrency: a result awaiting the broker's ack gives its slot to the next call (the slots
 #: are for the provider, and a slow produce must not idle them), as long as no more than this many are held.
 HELD_PER_SLOT: Final = 2
-#: Records fetched ahead of a free slot, as a share of the concurrency: a returning call hands its slot to the
-#: next job at once, instead of after a fetch from the broker (with a fixed 1 s latency, calls return in
-#: waves and the refetch left ~10% of the slots idle).
+#: Records fetched ahead of a free slot, per partition, as a share of the concurrency: a returning call hands
+#: its slot to the next job at once, instead of after a fetch from the broker (with a fixed 1 s latency, calls
+#: return in waves and the refetch left ~10% of the slots idle). Per partition, so a flooded partition fills
+#: only its own; the jobs and bytes held stay capped across partitions.
 READ_AHEAD_SHARE: Final = 0.25
 
 
@@ -98,8 +105,8 @@ class Limits:
 class _Queues(Generic[P]):
     """The scheduler's books; kept apart so the invariants can name them."""
 
-    #: READY tickets in fetch order.
-    ready: deque[Ticket[P]] = field(default_factory=deque)
+    #: READY tickets, a queue per partition in the order they became ready; fair shares of the slots.
+    ready: FairQueues[Ticket[P]] = field(default_factory=FairQueues)
     #: Per (partition, key): the tickets held for that key in offset order; the head is the one that runs.
     by_key: dict[tuple[TopicPartition, bytes], deque[Ticket[P]]] = field(default_factory=dict)
     #: Every held ticket (any state in :data:`HELD`).
@@ -109,9 +116,10 @@ class _Queues(Generic[P]):
 class Scheduler(Generic[P]):
     """Slots, read-ahead, key queues and the pause/resume decision for one worker; see the module docstring."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, weights: Mapping[str, int] | None = None) -> None:
+        """``weights``: the share of the slots per input topic under contention (priority lanes; default 1)."""
         self.limits = limits
-        self._books: _Queues[P] = _Queues()
+        self._books: _Queues[P] = _Queues(ready=FairQueues(weights))
         self._calling = 0
         self._bytes = 0
         self._draining = False
@@ -136,6 +144,10 @@ class Scheduler(Generic[P]):
     def ready(self) -> int:
         return len(self._books.ready)
 
+    def waiting(self, tp: TopicPartition) -> int:
+        """Jobs of this partition fetched ahead of a free slot."""
+        return self._books.ready.waiting(tp)
+
     @property
     def draining(self) -> bool:
         return self._draining
@@ -149,31 +161,30 @@ class Scheduler(Generic[P]):
 
     # ------------------------------------------------------------------ fetching
 
-    def room(self) -> int:
-        """How many records the next fetch may bring: the free slots plus the read-ahead not yet filled,
-        within the cap on jobs held (may be 0 or less when full)."""
+    def room(self, fetching: Collection[TopicPartition] = ()) -> int:
+        """How many records the next fetch of ``fetching`` may bring: the free slots plus the read-ahead the
+        fullest of them has not yet filled (a fetch may bring one partition's records only), within the cap
+        on jobs held (may be 0 or less when full)."""
         limits = self.limits
-        return min(
-            limits.concurrency - self._calling + limits.read_ahead - len(self._books.ready),
-            limits.max_held - self.held,
-        )
+        ahead = max((self._books.ready.waiting(tp) for tp in fetching), default=0)
+        return min(limits.concurrency - self._calling + limits.read_ahead - ahead, limits.max_held - self.held)
 
     def full(self) -> bool:
+        """Jobs or bytes held reached their cap: pause every partition."""
         limits = self.limits
-        return (
-            len(self._books.ready) >= limits.read_ahead
-            or self.held >= limits.max_held
-            or self._bytes >= limits.max_bytes
-        )
+        return self.held >= limits.max_held or self._bytes >= limits.max_bytes
 
     def calm(self) -> bool:
-        """What is held fell to the resume level (below :data:`RESUME_AT` of every limit)."""
+        """What is held fell to the resume level (below :data:`RESUME_AT` of the caps)."""
         limits = self.limits
-        return (
-            len(self._books.ready) <= limits.read_ahead * RESUME_AT
-            and self.held <= limits.max_held * RESUME_AT
-            and self._bytes <= limits.max_bytes * RESUME_AT
-        )
+        return self.held <= limits.max_held * RESUME_AT and self._bytes <= limits.max_bytes * RESUME_AT
+
+    def ahead_full(self, paused: Collection[TopicPartition] = ()) -> set[TopicPartition]:
+        """The partitions to keep paused for their own read-ahead: those whose read-ahead is full, and those
+        of ``paused`` (paused for it before) still above the resume level. The others keep being fetched."""
+        limits, ready = self.limits, self._books.ready
+        full = {tp for tp in ready.partitions() if ready.waiting(tp) >= limits.read_ahead}
+        return full | {tp for tp in paused if ready.waiting(tp) > limits.read_ahead * RESUME_AT}
 
     def fetch_decision(self, paused: bool) -> FetchDecision:
         if not paused and self.full():
@@ -215,6 +226,7 @@ class Scheduler(Generic[P]):
         self._expect(ticket, JobState.CALLING)
         ticket.state = JobState.DELIVERING
         self._calling -= 1
+        self._books.ready.ended(ticket.tp)
         return self._fill_slots()
 
     def delivered(self, ticket: Ticket[P]) -> list[Ticket[P]]:
@@ -245,6 +257,8 @@ class Scheduler(Generic[P]):
         for ticket in [t for t in self._books.held if t.tp in gone]:
             self._drop(ticket)
         self._closing -= gone
+        for tp in gone:
+            self._books.ready.forget(tp)
         return self._fill_slots()
 
     def drain(self) -> list[Ticket[P]]:
@@ -263,18 +277,19 @@ class Scheduler(Generic[P]):
             self._start(ticket)
             return [ticket]
         ticket.state = JobState.READY
-        self._books.ready.append(ticket)
+        self._books.ready.push(ticket)
         return []
 
     def _start(self, ticket: Ticket[P]) -> None:
         ticket.state = JobState.CALLING
         self._calling += 1
+        self._books.ready.started(ticket.tp)
 
     def _fill_slots(self) -> list[Ticket[P]]:
         started: list[Ticket[P]] = []
         ready = self._books.ready
         while ready and self._calling < self.limits.concurrency and not self._draining:
-            ticket = ready.popleft()
+            ticket = ready.pop()
             self._start(ticket)
             started.append(ticket)
         return started
@@ -307,6 +322,7 @@ class Scheduler(Generic[P]):
             return
         if ticket.state is JobState.CALLING:
             self._calling -= 1
+            self._books.ready.ended(ticket.tp)
         self._release(ticket, JobState.DROPPED)
         if ticket.key is None:
             return
@@ -344,7 +360,12 @@ class Scheduler(Generic[P]):
             found.append("held bytes differ from the held tickets' sizes")
         ready = [t for t in books.held if t.state is JobState.READY]
         if len(ready) != len(books.ready) or set(ready) != set(books.ready):
-            found.append("the ready queue is not the set of READY tickets")
+            found.append("the ready queues are not the set of READY tickets")
+        calling_per_tp: dict[TopicPartition, int] = {}
+        for ticket in books.held:
+            if ticket.state is JobState.CALLING:
+                calling_per_tp[ticket.tp] = calling_per_tp.get(ticket.tp, 0) + 1
+        found += books.ready.violations(calling_per_tp)
         if books.ready and self._calling < limits.concurrency and not self._draining:
             found.append("a slot is idle while a job fetched ahead waits")
         if self._draining and (books.ready or states.count(JobState.WAITING_KEY)):

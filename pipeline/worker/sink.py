@@ -3,7 +3,8 @@
 The record is encoded once, keyed by the job id (the source record's key when the job has none), and
 carries the source coordinates as headers. One that would exceed ``KAFKA_MAX_RECORD_BYTES`` (key, value,
 headers and the record's own overhead counted) becomes a slimmer review (without the job and the
-completion) or, if even that is too large, an ``oversize`` review.
+completion) or a slimmer result (without a batch job's copy of the whole completion) or, if even that is
+too large, an ``oversize`` review.
 
 What the broker answers decides what happens next (:mod:`pipeline.kafka_errors`): an error that passes is
 retried with :data:`DELIVERY_BACKOFF` until the broker acknowledges; a record the broker refuses as too
@@ -135,8 +136,12 @@ class Sink:
         encoded = self.encode(routed, record)
         if encoded.size <= limit:
             return routed, encoded  # the usual case: encoded once
+        slimmer: Route | None = None
         if isinstance(routed, ToReview):
             slimmer = ToReview(msgspec.structs.replace(routed.review, job=None, completion=None))
+        elif routed.result.completion is not None:  # a batch job's copy of the answer: results rebuild it
+            slimmer = ToOutput(msgspec.structs.replace(routed.result, completion=None))
+        if slimmer is not None:
             slim = self.encode(slimmer, record)
             if slim.size <= limit:
                 return slimmer, slim

@@ -37,6 +37,9 @@ from pipeline.kafka_errors import FatalKafkaError
 from pipeline.ledger import MAX_SPAN_BEHIND_HEAD
 from pipeline.metrics import Metrics
 from pipeline.routing import Thresholds
+from pipeline.tenancy.lanes import input_lanes
+from pipeline.tenancy.wiring import worker_spending
+from pipeline.worker.cancellations import Cancellations
 from pipeline.worker.intake import Intake
 from pipeline.worker.jobs import Jobs
 from pipeline.worker.offsets import Admission, Offsets, admit
@@ -115,12 +118,19 @@ class Worker:
         self.metrics = metrics = metrics or Metrics()
         self.clients = clients or KafkaClients.connect(kafka, settings)
         self.scheduler: Scheduler[Record] = Scheduler(
-            Limits.for_concurrency(settings.concurrency, settings.max_buffered_bytes)
+            Limits.for_concurrency(settings.concurrency, settings.max_buffered_bytes), input_lanes(settings)
         )
         self.offsets = Offsets(metrics, read_back=lambda tps: self.clients.admin.committed(settings.group_id, tps))
         thresholds = Thresholds(any_category=settings.review_threshold, per_category=settings.review_thresholds)
+        self.cancellations = Cancellations()
+        self.spending, self._spend_sync = worker_spending(settings, kafka, metrics)
         self._processor = Processor(
-            client, thresholds, max_job_bytes=settings.max_job_bytes, log_prompts=settings.log_prompts
+            client,
+            thresholds,
+            max_job_bytes=settings.max_job_bytes,
+            log_prompts=settings.log_prompts,
+            cancellations=self.cancellations,
+            spending=self.spending,
         )
         destinations = Destinations(
             settings.output_topic, settings.review_topic, settings.group_id, kafka.max_record_bytes
@@ -209,7 +219,7 @@ class Worker:
                 await self._check_topics()
                 await producer.start()
                 try:
-                    consumer.subscribe([self.settings.input_topic], listener=_RebalanceListener(self))
+                    consumer.subscribe(list(input_lanes(self.settings)), listener=_RebalanceListener(self))
                     # aiokafka's start waits for the first assignment, which a stuck rebalance may never bring
                     if await _unless_stopped(consumer.start(), self._halt, name="consumer-start"):
                         await self._run_started()
@@ -228,6 +238,9 @@ class Worker:
     async def _run_started(self) -> None:
         self._running = True
         committer = asyncio.create_task(self._watched(self._commit_loop(), "the commit loop"), name="commit-loop")
+        self.cancellations.start(self.clients.batches)
+        if self._spend_sync is not None:
+            self._spend_sync.start()
         try:
             # getmany waits out a rebalance whatever its timeout, and a stop must not wait for the group: the
             # loop is given up on (cancelled at an await, having submitted what it was handed).
@@ -239,6 +252,9 @@ class Worker:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
+            await self.cancellations.stop()
+            if self._spend_sync is not None:
+                await self._spend_sync.stop()
             await self._starts.close()
             await self._jobs.cancel()
             await self.clients.consumer.stop()
@@ -271,7 +287,7 @@ class Worker:
 
     async def _check_topics(self) -> None:
         """Fail at start when a topic is missing, after waiting up to ``topic_wait_s`` for it to appear."""
-        needed = (self.settings.input_topic, self.settings.output_topic, self.settings.review_topic)
+        needed = (*input_lanes(self.settings), self.settings.output_topic, self.settings.review_topic)
         deadline = time.monotonic() + self.settings.topic_wait_s
         while True:
             topics = set(await self.clients.admin.list_topics())

@@ -106,6 +106,7 @@ def test_demo_json_handles_every_route_of_the_sample_set() -> None:
     assert report["by_destination"]["output"] == report["expected_output"] > 0
     assert report["throughput_jobs_per_s"] > 0
     assert report["tokens"]["prompt"] > 0
+    assert report["cost_usd"] > 0 and report["unpriced_records"] == 0  # the simulator's models are all priced
 
 
 async def test_produce_publishes_valid_lines_and_reports_invalid_ones(

@@ -94,11 +94,12 @@ async def test_retry_after_of_a_429_is_honoured(make_simulator: MakeSimulator) -
 
 async def test_overload_cuts_the_concurrency_limit_and_success_restores_it(make_simulator: MakeSimulator) -> None:
     """Once the limit has reached its maximum, a 503 cuts it and the successes that follow bring it back; the
-    observer hears every change, in order, so its last word is the limit in force. The provider's own
-    latency (5 ms), not this machine's CPU, dominates each call's duration."""
+    observer hears every change, in order, so its last word is the limit in force. The client's clock is
+    virtual (it moves only by the client's own sleeps), so the latencies it measures cannot grow with this
+    machine's load: only the 503 may cut the limit (latency growth cutting it is tested on its own)."""
     sim = await make_simulator(latency=FixedLatency(ms=5))
     recorder = Recorder()
-    async with client_for(sim, observer=recorder, concurrency=16) as client:
+    async with client_for(sim, observer=recorder, concurrency=16, time=VirtualTime()) as client:
         await complete_all(100, client, prefix="warm")  # a gentle start: two calls, then (no limits stated) all
         assert client.concurrency.limit == 16 and recorder.limits[-1] == 16
         heard = len(recorder.limits)

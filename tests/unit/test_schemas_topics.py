@@ -11,7 +11,7 @@ import pytest
 from schemas import Job, JobDecodeError, Review, Source, UserMessage, decode_job, invalid_job
 from schemas.chat import Moderation, ModerationResult, ModerationResults, Usage
 from schemas.export import DEFAULT_DIR, stale_files
-from schemas.topics import MAX_RAW_IN_REVIEW, ApiFailure, Flagged, FlaggedCategory, InvalidJob, Result
+from schemas.topics import MAX_RAW_IN_REVIEW, ApiFailure, Cancelled, Flagged, FlaggedCategory, InvalidJob, Result
 
 SOURCE = Source(topic="prompts", partition=3, offset=42)
 VALID = {"id": "job-1", "messages": [{"role": "user", "content": "Write a haiku about tea."}]}
@@ -210,6 +210,25 @@ REVIEW_RECORDS = [
             source=Source(topic="prompts", partition=1, offset=9),
         ),
         id="invalid_job",
+    ),
+    pytest.param(
+        b'{"id":"nightly:r-7","reason":{"kind":"cancelled","batch_id":"nightly","cancelled_at":1764000000000},'
+        b'"source":{"topic":"prompts","partition":1,"offset":12},"job":{"id":"nightly:r-7","messages":'
+        b'[{"role":"user","content":"Hi"}],"metadata":{"batch_id":"nightly","custom_id":"r-7","batch_line":"7"}},'
+        b'"metadata":{"batch_id":"nightly","custom_id":"r-7","batch_line":"7"},"attempts":0}',
+        Review(
+            id="nightly:r-7",
+            reason=Cancelled(batch_id="nightly", cancelled_at=1_764_000_000_000),
+            source=Source(topic="prompts", partition=1, offset=12),
+            job=Job(
+                id="nightly:r-7",
+                messages=[UserMessage(content="Hi")],
+                metadata={"batch_id": "nightly", "custom_id": "r-7", "batch_line": "7"},
+            ),
+            metadata={"batch_id": "nightly", "custom_id": "r-7", "batch_line": "7"},
+            attempts=0,
+        ),
+        id="cancelled-with-the-job-replay-sends-again",
     ),
 ]
 

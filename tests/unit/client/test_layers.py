@@ -14,6 +14,7 @@ LAYERS: list[set[str]] = [
     {"chat"},
     {"request", "moderation_modes"},
     {"config", "exchange", "pacing"},
+    {"tenant_shares"},
     {"retries", "breaker", "streaming", "moderation", "concurrency", "ratelimit", "tokens"},
     {"failures", "transport", "timing", "lanes"},
     {"responses"},

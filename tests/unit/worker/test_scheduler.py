@@ -3,6 +3,8 @@ revocation and drain. Every test checks the invariants (``Scheduler.violations``
 
 from __future__ import annotations
 
+from collections import Counter
+
 from aiokafka.structs import TopicPartition
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -12,15 +14,17 @@ from pipeline.worker.scheduler import RESUME_AT, JobState, Limits, Scheduler, Ti
 
 TP0 = TopicPartition("prompts", 0)
 TP1 = TopicPartition("prompts", 1)
+INTERACTIVE = TopicPartition("prompts.interactive", 0)
+BULK = TopicPartition("prompts.bulk", 0)
 
 
 class Books:
     """A scheduler driven as the worker drives it, checking the invariants after every transition."""
 
-    def __init__(self, concurrency: int = 4, max_bytes: int = 1_000_000) -> None:
-        self.scheduler: Scheduler[str] = Scheduler(Limits.for_concurrency(concurrency, max_bytes))
+    def __init__(self, concurrency: int = 4, max_bytes: int = 1_000_000, weights: dict[str, int] | None = None) -> None:
+        self.scheduler: Scheduler[str] = Scheduler(Limits.for_concurrency(concurrency, max_bytes), weights)
         self.started: list[Ticket[str]] = []
-        self.next_offset = {TP0: 0, TP1: 0}
+        self.next_offset = {TP0: 0, TP1: 0, INTERACTIVE: 0, BULK: 0}
 
     def check(self) -> None:
         assert self.scheduler.violations() == []
@@ -96,13 +100,14 @@ def test_the_same_key_on_two_partitions_is_two_queues() -> None:
 
 
 def fetch(books: Books, paused: bool) -> bool:
-    """One turn of the fetch loop as the intake runs it: decide, then fetch ``room()`` records when not paused."""
+    """One turn of the fetch loop as the intake runs it, for one partition: decide, then fetch ``room()``
+    records unless everything is paused or the partition's read-ahead is full; True when it is not fetched."""
     decision = books.scheduler.fetch_decision(paused)
     paused = decision == "pause" or (paused and decision == "keep")
-    if not paused:
-        for _ in range(max(books.scheduler.room(), 1)):
+    if not paused and TP0 not in books.scheduler.ahead_full():
+        for _ in range(max(books.scheduler.room([TP0]), 1)):
             books.admit()
-    return paused
+    return paused or TP0 in books.scheduler.ahead_full()
 
 
 def test_read_ahead_is_a_quarter_of_the_concurrency_and_fetching_stops_there() -> None:
@@ -113,7 +118,7 @@ def test_read_ahead_is_a_quarter_of_the_concurrency_and_fetching_stops_there() -
     assert paused
     assert books.scheduler.calling == 16
     assert books.scheduler.ready == 4 == books.scheduler.limits.read_ahead, "read-ahead is a quarter of 16"
-    assert books.scheduler.room() <= 0
+    assert books.scheduler.room([TP0]) <= 0
 
 
 def test_results_awaiting_the_broker_give_their_slots_away_but_never_beyond_twice_the_concurrency() -> None:
@@ -130,15 +135,27 @@ def test_results_awaiting_the_broker_give_their_slots_away_but_never_beyond_twic
     assert len(delivering) == 16 - books.scheduler.calling - books.scheduler.ready
 
 
-def test_pause_when_full_resume_only_below_the_resume_level() -> None:
+def test_a_partition_pauses_when_its_read_ahead_is_full_and_resumes_only_below_the_resume_level() -> None:
     books = Books(concurrency=100)  # read-ahead 25
     tickets = [books.admit() for _ in range(125)]
     scheduler = books.scheduler
-    assert scheduler.ready == 25 and scheduler.fetch_decision(paused=False) == "pause"
+    assert scheduler.ready == 25 and scheduler.ahead_full() == {TP0}
+    assert scheduler.fetch_decision(paused=False) == "keep", "the other partitions are still fetched"
     books.finish(tickets[0])  # one ready job starts: 24 waiting, above 25 * RESUME_AT
     assert scheduler.ready == 24 > scheduler.limits.read_ahead * RESUME_AT
-    assert scheduler.fetch_decision(paused=True) == "keep", "between the levels a paused fetch stays paused"
-    assert scheduler.fetch_decision(paused=False) == "keep", "and a running one keeps running"
+    assert scheduler.ahead_full({TP0}) == {TP0}, "between the levels a paused partition stays paused"
+    assert scheduler.ahead_full() == set(), "and a fetched one keeps being fetched"
+    books.finish(tickets[1])
+    assert scheduler.ahead_full({TP0}) == set()
+
+
+def test_everything_pauses_at_the_cap_on_jobs_held_and_resumes_below_the_resume_level() -> None:
+    books = Books(concurrency=20)  # at most 40 held
+    tickets = [books.admit(TP0 if n % 2 else TP1) for n in range(40)]
+    scheduler = books.scheduler
+    assert scheduler.fetch_decision(paused=False) == "pause" and scheduler.room([TP0, TP1]) <= 0
+    books.finish(tickets[0])  # 39 held, above 40 * RESUME_AT
+    assert scheduler.fetch_decision(paused=True) == "keep"
     books.finish(tickets[1])
     assert scheduler.fetch_decision(paused=True) == "resume"
 
@@ -220,6 +237,77 @@ def test_a_transition_from_the_wrong_state_is_refused() -> None:
         raise AssertionError("a job waiting for a slot has no call to return")
 
 
+def test_a_flooded_partition_gets_no_more_than_its_share_once_another_has_work() -> None:
+    books = Books(concurrency=8)
+    flood = [books.admit(TP0) for _ in range(40)]
+    assert books.scheduler.calling == 8 and books.scheduler.waiting(TP0) == 32
+    other = [books.admit(TP1) for _ in range(10)]
+    assert all(t.state is JobState.READY for t in other), "no slot is free: the other partition waits"
+    for ticket in flood[:4]:
+        assert books.finish(ticket)[0].tp == TP1, "each freed slot goes to the partition with fewer calls"
+    calls = [t.tp for t in books.calling()]
+    assert calls.count(TP0) == calls.count(TP1) == 4, "then the slots are even"
+    books.finish(flood[4])
+    books.finish(books.calling()[-1])  # a call of the other partition returns
+    calls = [t.tp for t in books.calling()]
+    assert abs(calls.count(TP0) - calls.count(TP1)) <= 1, "and stay even while both have work"
+
+
+def test_read_ahead_is_per_partition_so_a_flood_leaves_room_for_the_others_fetches() -> None:
+    books = Books(concurrency=16)  # read-ahead 4
+    for _ in range(16 + 4):
+        books.admit(TP0)
+    assert books.scheduler.ahead_full() == {TP0}
+    assert books.scheduler.room([TP1]) == 4, "the other partition may still read ahead"
+    assert books.scheduler.room([TP0, TP1]) == 0, "a fetch that may bring the flood's records brings none"
+
+
+def test_partitions_with_the_same_calls_start_in_round_robin_order() -> None:
+    books = Books(concurrency=3)
+    tps = [TopicPartition("prompts", n) for n in range(3)]
+    books.next_offset.update({tp: 0 for tp in tps})
+    for tp in tps:
+        for _ in range(3):
+            books.admit(tp)
+    running = books.calling()
+    assert [t.tp.partition for t in running] == [0, 0, 0], "the first three came before the others"
+    order = [books.finish(ticket)[0].tp.partition for ticket in running]
+    assert order == [1, 2, 1], "freed slots go round the waiting partitions, the least recently served first"
+
+
+def lanes(concurrency: int, weights: dict[str, int]) -> Books:
+    return Books(concurrency=concurrency, weights=weights)
+
+
+def steady_calls(books: Books, backlog: dict[TopicPartition, int], returns: int) -> dict[str, int]:
+    """Admit the backlogs, let ``returns`` calls return (the longest running first), count the calls per topic."""
+    for tp, count in backlog.items():
+        for _ in range(count):
+            books.admit(tp)
+    for _ in range(returns):
+        books.finish(next(t for t in books.started if t.state is JobState.CALLING))
+    calls = [t.tp.topic for t in books.calling()]
+    return {topic: calls.count(topic) for topic in set(calls)}
+
+
+def test_under_load_the_slots_follow_the_lane_weights() -> None:
+    books = lanes(18, {"prompts.interactive": 8, "prompts.bulk": 1})
+    calls = steady_calls(books, {BULK: 200, INTERACTIVE: 200}, returns=60)
+    assert calls == {"prompts.interactive": 16, "prompts.bulk": 2}
+
+
+def test_an_idle_lane_lends_its_share_and_takes_it_back_when_it_has_work() -> None:
+    books = lanes(18, {"prompts.interactive": 8, "prompts.bulk": 1})
+    assert steady_calls(books, {BULK: 200}, returns=10) == {"prompts.bulk": 18}, "interactive idle: bulk takes all"
+    calls = steady_calls(books, {INTERACTIVE: 100}, returns=40)
+    assert calls == {"prompts.interactive": 16, "prompts.bulk": 2}
+
+
+def test_a_topic_without_a_weight_weighs_one() -> None:
+    books = lanes(4, {"prompts.interactive": 3})
+    assert steady_calls(books, {BULK: 50, INTERACTIVE: 50}, returns=20) == {"prompts.interactive": 3, "prompts.bulk": 1}
+
+
 def where(ticket: Ticket[str]) -> tuple[int, int]:
     return ticket.tp.partition, ticket.offset
 
@@ -227,21 +315,46 @@ def where(ticket: Ticket[str]) -> tuple[int, int]:
 class SchedulerMachine(RuleBasedStateMachine):
     """Any sequence of what the worker can do keeps every invariant, and every job ends done or dropped."""
 
-    @initialize(concurrency=st.integers(1, 6))
-    def start(self, concurrency: int) -> None:
-        self.books = Books(concurrency=concurrency, max_bytes=10_000)
+    @initialize(concurrency=st.integers(1, 6), bulk_weight=st.integers(1, 3))
+    def start(self, concurrency: int, bulk_weight: int) -> None:
+        self.weights = {"prompts": 2, "prompts.bulk": bulk_weight}
+        self.books = Books(concurrency=concurrency, max_bytes=10_000, weights=self.weights)
         self.all: list[Ticket[str]] = []
         self.closing: set[TopicPartition] = set()
 
-    @rule(tp=st.sampled_from([TP0, TP1]), key=st.sampled_from([None, b"a", b"b"]), size=st.integers(0, 400))
+    @rule(tp=st.sampled_from([TP0, TP1, BULK]), key=st.sampled_from([None, b"a", b"b"]), size=st.integers(0, 400))
     def admit(self, tp: TopicPartition, key: bytes | None, size: int) -> None:
         self.all.append(self.books.admit(tp, key, size))
 
     @rule(data=st.data())
     def a_call_returns(self, data: st.DataObject) -> None:
-        calling = self.books.scheduler.tickets(lambda t: t.state is JobState.CALLING)
-        if calling:
-            self.books.call_returned(data.draw(st.sampled_from(sorted(calling, key=where))))
+        scheduler = self.books.scheduler
+        calling = scheduler.tickets(lambda t: t.state is JobState.CALLING)
+        if not calling:
+            return
+        returning = data.draw(st.sampled_from(sorted(calling, key=where)))
+        calls = Counter(t.tp for t in calling if t is not returning)
+        waiting = {t.tp for t in scheduler.tickets(lambda t: t.state is JobState.READY)}
+        started = self.books.call_returned(returning)
+        if started:
+            # The freed slot went to the lane with the fewest calls for its weight, and in it to the partition
+            # with the fewest calls, among those with jobs waiting.
+            def share(topic: str) -> float:
+                return sum(n for tp, n in calls.items() if tp.topic == topic) / self.weights[topic]
+
+            chosen = started[0].tp
+            assert share(chosen.topic) == min(share(tp.topic) for tp in waiting)
+            assert calls[chosen] == min(calls[tp] for tp in waiting if tp.topic == chosen.topic)
+
+    @rule()
+    def fetch_turn(self) -> None:
+        """The intake's view: a partition paused for its read-ahead is one whose read-ahead is full."""
+        scheduler = self.books.scheduler
+        for tp in scheduler.ahead_full():
+            assert scheduler.waiting(tp) > scheduler.limits.read_ahead * RESUME_AT
+        fetching = [tp for tp in (TP0, TP1, BULK) if tp not in scheduler.ahead_full()]
+        free = scheduler.limits.concurrency - scheduler.calling
+        assert scheduler.room(fetching) <= free + scheduler.limits.read_ahead
 
     @rule(data=st.data())
     def a_result_is_acknowledged(self, data: st.DataObject) -> None:
@@ -255,7 +368,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if started:
             self.books.scheduler.abandon(data.draw(st.sampled_from(sorted(started, key=where))))
 
-    @rule(tp=st.sampled_from([TP0, TP1]))
+    @rule(tp=st.sampled_from([TP0, TP1, BULK]))
     def revoke(self, tp: TopicPartition) -> None:
         self.books.scheduler.close_partitions([tp])
         self.closing.add(tp)

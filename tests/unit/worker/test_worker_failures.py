@@ -72,10 +72,10 @@ async def test_a_job_whose_processing_raises_goes_to_review_and_its_partition_mo
     async with rig(concurrency=2) as r:
         real_process = r.worker._processor.process
 
-        async def process(raw: bytes, source: object) -> object:
+        async def process(raw: bytes, source: object, *rest: object) -> object:
             if b"poison" in raw:
                 raise ZeroDivisionError("a bug")
-            return await real_process(raw, source)  # type: ignore[arg-type]
+            return await real_process(raw, source, *rest)  # type: ignore[arg-type]
 
         monkeypatch.setattr(r.worker._processor, "process", process)
         r.client.open()

@@ -98,7 +98,7 @@ async def test_revocation_mid_flight_gives_running_jobs_time_and_drops_what_wait
         await until(lambda: len(r.client.calls) == 2, "two calls in flight")
         held_before = set(r.client.calls)
         revoking = asyncio.create_task(r.consumer.rebalance(revoke=[TP0], assign=[]))
-        await until(lambda: r.worker.scheduler.ready == 0, "the jobs fetched ahead of TP0 are dropped")
+        await until(lambda: r.worker.scheduler.waiting(TP0) == 0, "the jobs fetched ahead of TP0 are dropped")
         assert not revoking.done(), "the revocation waits for the running jobs"
         r.client.release(*[i for i in held_before if i.startswith("a-")])
         await revoking
