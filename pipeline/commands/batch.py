@@ -285,7 +285,7 @@ async def list_command(args: argparse.Namespace) -> int:
     if not ordered:
         print(f"no batches on {settings.worker.batches_topic}", file=sys.stderr)
         return 0
-    print(f"{'batch':<28} {'created':<20} {'state':<10} {'requests':>9}  file")
+    print(f"{'batch':<28} {'created':<20} {'submit':<10} {'requests':>9}  file")
     for m in ordered:
         state = "cancelled" if m.cancelled_ms is not None else m.status
         file = f"{m.input_file.name} ({file_size(m.input_file.size)})"
@@ -356,7 +356,14 @@ def add_parser(commands: Any) -> None:
     results.add_argument("--partial", action="store_true", help="write what there is now, without waiting")
     results.set_defaults(handler=run_async(results_command))
 
-    listing = actions.add_parser("list", help="the batches on the batches topic", epilog="example: pipeline batch list")
+    listing = actions.add_parser(
+        "list",
+        help="the batches on the batches topic",
+        description="The batches on the batches topic, oldest first. The submit column is the "
+        "submit's (submitting, submitted, cancelled): `pipeline batch status ID` reads the results and says "
+        "whether a batch is in progress or completed.",
+        epilog="example: pipeline batch list",
+    )
     listing.set_defaults(handler=run_async(list_command))
 
     cancel = actions.add_parser(
