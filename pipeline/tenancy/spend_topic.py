@@ -30,8 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from pipeline.backoff import Backoff
-from pipeline.kafka import KafkaSettings, make_consumer, make_producer, partitions_if_any
+from pipeline.kafka import KafkaSettings, make_producer
 from pipeline.tenancy.budgets import PUBLISH_INTERVAL_S, Period, SpendBook, period_start_ms
+from pipeline.topic_tail import TopicTail, follow_forever
 
 log = logging.getLogger("pipeline.tenancy")
 
@@ -153,21 +154,14 @@ class SpendSync:
                 log.warning("publishing spend failed; retrying", extra={"error": type(exc).__name__})
 
     async def _follow(self) -> None:
-        failures = 0
-        while True:
-            try:
-                records, at_end = await self._feed.read(FOLLOW_WAIT_MS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reading the spend topic failed; retrying", extra={"error": type(exc).__name__})
-                await asyncio.sleep(RETRY_BACKOFF.delay_s(failures))
-                failures += 1
-                continue
-            failures = 0
-            self.apply(records)
-            if at_end:
-                self.caught_up.set()
+        await follow_forever(
+            lambda: self._feed.read(FOLLOW_WAIT_MS),
+            self.apply,
+            self.caught_up,
+            what="the spend topic",
+            backoff=RETRY_BACKOFF,
+            logger=log,
+        )
 
 
 class AiokafkaSpendFeed:
@@ -178,52 +172,22 @@ class AiokafkaSpendFeed:
         self._kafka = kafka
         self._topic = topic
         self._period: Period = period
+        self._tail = TopicTail(kafka, topic, missing_retry_s=MISSING_TOPIC_RETRY_S, position=self._from_period_start)
         #: Made when first needed (an aiokafka client made and never stopped warns when collected, and a
-        #: worker that fails before following would leave it so).
-        self._consumer: AIOKafkaConsumer | None = None
+        #: worker that fails before publishing would leave it so).
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: list[TopicPartition] = []
-        self._next_look = 0.0
 
-    async def _assign(self, partitions: list[TopicPartition]) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            consumer = make_consumer(self._kafka, None)
-            try:
-                await consumer.start()
-            except BaseException:
-                await consumer.stop()
-                raise
-            self._consumer = consumer
-        consumer = self._consumer
-        consumer.assign(partitions)
+    async def _from_period_start(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         since = period_start_ms(int(time.time() * 1000), self._period)
         found = await consumer.offsets_for_times(dict.fromkeys(partitions, since))
         for tp in partitions:
             at = found.get(tp)
             # an earlier batch's base offset at worst (the embedded broker): older records are read and ignored
             consumer.seek(tp, 0 if at is None else at.offset)
-        return consumer
 
     async def read(self, timeout_ms: int) -> tuple[list[ReadRecord], bool]:
-        if not self._partitions:
-            if time.monotonic() < self._next_look:
-                await asyncio.sleep(timeout_ms / 1000)
-                return [], True
-            self._next_look = time.monotonic() + MISSING_TOPIC_RETRY_S
-            partitions = await partitions_if_any(self._kafka, self._topic)
-            if not partitions:
-                return [], True
-            await self._assign(partitions)
-            self._partitions = partitions
-        consumer = self._consumer
-        assert consumer is not None  # assigned with the partitions
-        batches = await consumer.getmany(*self._partitions, timeout_ms=timeout_ms)
-        records = [(r.value, r.timestamp) for rs in batches.values() for r in rs]
-        at_end = True
-        for tp in self._partitions:
-            highwater = consumer.highwater(tp)  # end_offsets() is wrong on the embedded broker
-            at_end = at_end and highwater is not None and await consumer.position(tp) >= highwater
-        return records, at_end
+        records, at_end = await self._tail.read(timeout_ms)
+        return [(r.value, r.timestamp) for r in records], at_end
 
     async def publish(self, records: list[SpendRecord], at_ms: int) -> None:
         if self._producer is None:
@@ -241,8 +205,7 @@ class AiokafkaSpendFeed:
         await asyncio.gather(*sent)
 
     async def close(self) -> None:
-        consumer, producer, self._consumer, self._producer = self._consumer, self._producer, None, None
-        if consumer is not None:
-            await consumer.stop()
+        producer, self._producer = self._producer, None
+        await self._tail.close()
         if producer is not None:
             await producer.stop()

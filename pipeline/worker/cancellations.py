@@ -23,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import msgspec
-from aiokafka.structs import TopicPartition
 
 from pipeline.backoff import Backoff
-from pipeline.kafka import KafkaSettings, make_consumer, partitions_if_any
+from pipeline.kafka import KafkaSettings
+from pipeline.topic_tail import TopicTail, follow_forever
 from schemas.batches import batch_of
 from schemas.topics import Cancelled, Job
 
@@ -135,23 +134,20 @@ class Cancellations:
 
     async def _follow(self, feed: BatchesFeed) -> None:
         """Read for ever; an error is logged and retried (a worker that cannot read cancellations still works)."""
-        failures = 0
+
+        def take(records: list[BatchRecord]) -> None:
+            for key, value in records:
+                self.apply(key, value)
+
         try:
-            while True:
-                try:
-                    records, at_end = await feed.read(FOLLOW_WAIT_MS)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("reading the batches topic failed; retrying", extra={"error": type(exc).__name__})
-                    await asyncio.sleep(FOLLOW_BACKOFF.delay_s(failures))
-                    failures += 1
-                    continue
-                failures = 0
-                for key, value in records:
-                    self.apply(key, value)
-                if at_end:
-                    self.ready.set()
+            await follow_forever(
+                lambda: feed.read(FOLLOW_WAIT_MS),
+                take,
+                self.ready,
+                what="the batches topic",
+                backoff=FOLLOW_BACKOFF,
+                logger=log,
+            )
         finally:
             await feed.close()
 
@@ -160,50 +156,18 @@ class AiokafkaBatchesFeed:
     """:class:`BatchesFeed` over a consumer without a group that reads every partition from offset 0."""
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        self._kafka = kafka
-        self._topic = topic
-        #: Made once the topic is found (an aiokafka consumer made and never stopped warns when collected).
-        self._consumer: Any = None
-        self._partitions: list[TopicPartition] = []
-        self._next_look = 0.0
         #: Until the first read to the end, fetches wait briefly: batch jobs of a starting worker wait for it.
-        self._reached_end = False
+        self._tail = TopicTail(
+            kafka,
+            topic,
+            missing_retry_s=MISSING_TOPIC_RETRY_S,
+            starting_wait_ms=STARTING_WAIT_MS,
+            fetch_max_wait_ms=BROKER_WAIT_MS,
+        )
 
     async def read(self, timeout_ms: int) -> tuple[list[BatchRecord], bool]:
-        if not self._partitions:
-            if time.monotonic() < self._next_look:
-                await asyncio.sleep(timeout_ms / 1000)
-                return [], True
-            partitions = await partitions_if_any(
-                self._kafka, self._topic
-            )  # an error raises: the follower retries, not ready
-            if not partitions:
-                self._next_look = time.monotonic() + MISSING_TOPIC_RETRY_S
-                return [], True
-            if self._consumer is None:
-                consumer = make_consumer(self._kafka, None, fetch_max_wait_ms=BROKER_WAIT_MS)
-                try:
-                    await consumer.start()
-                except BaseException:
-                    await consumer.stop()
-                    raise
-                self._consumer = consumer
-            self._consumer.assign(partitions)
-            for tp in partitions:
-                self._consumer.seek(tp, 0)
-            self._partitions = partitions
-        wait_ms = timeout_ms if self._reached_end else STARTING_WAIT_MS
-        batches = await self._consumer.getmany(*self._partitions, timeout_ms=wait_ms)
-        records = [(r.key, r.value) for rs in batches.values() for r in rs]
-        at_end = True
-        for tp in self._partitions:
-            highwater = self._consumer.highwater(tp)
-            at_end = at_end and highwater is not None and await self._consumer.position(tp) >= highwater
-        self._reached_end = self._reached_end or at_end
-        return records, at_end
+        records, at_end = await self._tail.read(timeout_ms)  # a failed lookup raises: the follower retries
+        return [(r.key, r.value) for r in records], at_end
 
     async def close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-            self._partitions = []
+        await self._tail.close()
