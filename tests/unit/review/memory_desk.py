@@ -32,44 +32,11 @@ from pipeline.review.desk import (
     QueueCounts,
     Reviewer,
 )
-from schemas.chat import ModerationResults
+from pipeline.review.items import decision_problem, matches, max_score
 from schemas.decisions import Applied, Claim, Decision, DecisionKind, DecisionRecord, Release, Reopen, ReviewRef
-from schemas.topics import Flagged, ModerationFailed, Review, reason_kind
+from schemas.topics import Review, reason_kind
 
 DECISION_REASONS = ("false positive", "policy violation", "needs context", "spam or abuse")
-
-
-def max_score(review: Review) -> float | None:
-    scores: list[float] = []
-    moderation = review.completion.moderation if review.completion is not None else None
-    if moderation is not None:
-        for outcome in (moderation.input, moderation.output):
-            if isinstance(outcome, ModerationResults):
-                for result in outcome.results:
-                    scores.extend(result.category_scores.values())
-    if isinstance(review.reason, Flagged):
-        scores.extend(c.score for c in review.reason.categories)
-    return max(scores) if scores else None
-
-
-def _sides(review: Review) -> set[str]:
-    reason = review.reason
-    if isinstance(reason, Flagged | ModerationFailed):
-        return {"input", "output"} if reason.side == "both" else {reason.side}
-    return set()
-
-
-def _categories(review: Review, side: str | None) -> set[str]:
-    if not isinstance(review.reason, Flagged):
-        return set()
-    return {c.category for c in review.reason.categories if side is None or c.side == side}
-
-
-def _models(review: Review) -> set[str]:
-    found = {review.completion.model} if review.completion is not None else set()
-    if review.job is not None and review.job.model:
-        found.add(review.job.model)
-    return found
 
 
 @dataclass
@@ -148,22 +115,10 @@ class MemoryDesk:
         )
 
     def _matches(self, entry: _Entry, where: ItemFilter, now: int) -> bool:
-        review = entry.review
-        metadata = {**((review.job.metadata or {}) if review.job else {}), **(review.metadata or {})}
-        age_s = (now - entry.received_at) / 1000
-        checks = (
-            where.state is None or entry.state == where.state,
-            where.reason is None or reason_kind(review.reason) == where.reason,
-            where.side is None or where.side in _sides(review),
-            where.category is None or where.category in _categories(review, where.side),
-            where.score_min is None or (entry.score is not None and entry.score >= where.score_min),
-            where.score_max is None or (entry.score is not None and entry.score <= where.score_max),
-            where.model is None or where.model in _models(review),
-            all(metadata.get(name) == value for name, value in where.metadata),
-            where.min_age_s is None or age_s >= where.min_age_s,
-            where.max_age_s is None or age_s <= where.max_age_s,
-        )
-        return all(checks)
+        """The product's own filter (:func:`pipeline.review.items.matches`), and the state this desk keeps."""
+        if where.state is not None and entry.state != where.state:
+            return False
+        return matches(where, entry.review, reason_kind(entry.review.reason), entry.score, entry.received_at, now)
 
     def _matching(self, where: ItemFilter) -> list[_Entry]:
         now = self._now()
@@ -255,10 +210,8 @@ class MemoryDesk:
             return Outcome(True, self._item(entry), current, repeated=True)
         if entry.state == "escalated" and not reviewer.admin:
             return self._refuse(entry, "forbidden", "escalated: only an admin decides it")
-        if decision == "approve" and (entry.review.completion is None or not entry.review.completion.choices):
-            return self._refuse(entry, "no_completion", "approve needs a completion, and the review holds none")
-        if decision == "rerun" and entry.review.job is None:
-            return self._refuse(entry, "no_job", "rerun needs the job, and the review holds none")
+        if (problem := decision_problem(entry.review, decision)) is not None:
+            return self._refuse(entry, *problem)
         held = self._live_claim(entry)
         if held is not None and held.reviewer != reviewer.name and not reviewer.admin:
             return self._refuse(entry, "claimed", f"held by {held.reviewer}")
