@@ -66,12 +66,13 @@ class Intake:
         metrics: Metrics,
         *,
         max_poll_interval_ms: int,
-        provider_available: Callable[[], bool] = lambda: True,
+        takes_new_jobs: Callable[[], bool] = lambda: True,
     ) -> None:
         self._consumer = consumer
         self._scheduler = scheduler
-        #: While the provider refuses every call (its breaker is open) nothing is fetched.
-        self._provider_available = provider_available
+        #: While the provider refuses every call (its breaker is open) nothing is fetched, unless the breaker
+        #: wants a fresh job to probe with (``CompletionClient.takes_new_jobs``).
+        self._takes_new_jobs = takes_new_jobs
         self._metrics = metrics
         self._keepalive_s = min(PAUSED_POLL_S, max_poll_interval_ms / 4000)
         self._paused = False
@@ -98,7 +99,7 @@ class Intake:
             self._room.set()
 
     def _may_resume(self) -> bool:
-        return self._scheduler.calm() and self._provider_available()
+        return self._scheduler.calm() and self._takes_new_jobs()
 
     def _has_room(self) -> bool:
         """Paused: everything may resume. Otherwise: a partition paused for its read-ahead may."""
@@ -186,7 +187,7 @@ class Intake:
 
     def _apply_backpressure(self) -> None:
         decision = self._scheduler.fetch_decision(self._paused)
-        if not self._provider_available():
+        if not self._takes_new_jobs():
             decision = "keep" if self._paused else "pause"
         owned = self._consumer.assignment()
         before, self._ahead = self._ahead, self._scheduler.ahead_full(self._ahead) & owned

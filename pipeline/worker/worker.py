@@ -142,7 +142,7 @@ class Worker:
             self.scheduler,
             metrics,
             max_poll_interval_ms=settings.max_poll_interval_ms,
-            provider_available=lambda: client.takes_new_jobs,
+            takes_new_jobs=lambda: client.takes_new_jobs,
         )
         self._starts = PartitionStarts(
             group_id=settings.group_id,
